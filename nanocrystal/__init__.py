@@ -1,0 +1,1 @@
+"""nanocrystal: size and shape of colloidal nanocrystals from their synthesis recipes."""

@@ -1,0 +1,104 @@
+"""One typed configuration for every task and model; argparse fills it, every run folder saves it."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Config:
+    # what to run
+    task: str = "size"  # size | shape
+    model: str = "transformer"  # transformer | rf | dt | hgb | lgbm | mlp | lstm
+    preset: str = "cpu"  # cpu | paper | tiny (tests)
+    split: str = "paper"  # paper | grouped (ignored when object_name is set)
+    object_name: list[str] = field(default_factory=list)  # leave-one-product-out products
+    seed: int = 0  # split seed (0 = the published split)
+    n_folds: int = 5
+    folds: list[int] = field(default_factory=list)  # run only these folds (empty = all)
+
+    # data
+    data_dir: str = str(ROOT / "data")
+    feats_path: str = str(ROOT / "feats" / "unioml_feats_20240309_1x_ours_1x_mof.pkl")
+    augmented: str = ""  # folder written by augment.py; empty = no augmentation
+    trust_augmented: bool = False  # augmented rows as solid rows instead of weak ones
+    use_weak: bool = True  # train on weak (Num < 300) rows
+    use_large: bool = True  # train on solid rows with size > 20 nm (shape task; no size loss)
+    use_failures: bool = True  # shape task: add the failed syntheses
+
+    # inputs
+    use_product: bool = True  # product token (upstream drops it for shape and leave-one-product-out)
+    size_as_input: bool = False  # shape task: give the measured size as a condition
+    amount_scaling: str = "log"  # log | robust (upstream)
+    descriptor_pca: int = 0  # baselines: PCA components of the descriptors (0 = none)
+
+    # model
+    d_model: int = 64
+    depth: int = 2
+    n_heads: int = 4
+    d_ffn: int = 128
+    dropout: float = 0.1
+    freeze_descriptors: bool = False
+
+    # training
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_epochs: int = 10
+    ema_decay: float = 0.99
+    huber_delta: float = 1.0
+    weak_band: float = 0.15  # a weak row within this fraction of its label contributes no loss
+    weak_weight: float = 1.0  # weight of a weak row outside its band
+    pretrain_epochs: int = 0  # masked-target pretraining before finetuning
+    pretrain_mask_rate: float = 0.5
+    n_members: int = 1  # ensemble members per fold (different seeds)
+    inner_val_frac: float = 0.0  # >0: pick the epoch count on this part of the training rows, then refit
+    select_every: int = 10  # epochs between inner-validation checks
+    eval_every: int = 0  # >0: also log the held-out fold every N epochs, labelled val-selected (upstream style)
+    threads: int = 0  # torch threads (0 = leave the default)
+    device: str = "auto"  # auto | cpu | cuda
+
+    # output
+    save_path: str = ""  # default runs/<exp>-<timestamp>
+    exp: str = ""
+    resume: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+# Presets set training and model fields; flags given on the command line win over them.
+PRESETS: dict[str, dict] = {
+    "cpu": {},
+    "tiny": dict(d_model=16, depth=1, n_heads=2, d_ffn=32, epochs=3, batch_size=256, n_members=1,
+                 warmup_epochs=1, select_every=1),
+    "paper": dict(d_model=256, depth=8, n_heads=4, d_ffn=256, dropout=0.1, epochs=8000, pretrain_epochs=200,
+                  batch_size=256, lr=2e-4, weight_decay=0.01, warmup_epochs=10, ema_decay=0.99,
+                  amount_scaling="robust", n_members=1),
+}
+
+
+def resolve(preset: str, overrides: Optional[dict] = None) -> Config:
+    """Defaults, then the preset, then explicit overrides."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    values = {**PRESETS[preset], **(overrides or {}), "preset": preset}
+    return Config.from_dict(values)

@@ -1,0 +1,95 @@
+"""Folds over the combined table (recipes then failures): paper, grouped (recipe series) and leave-one-product-out."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import GroupKFold, KFold
+
+from .recipes import PRODUCT_NAME, Dataset, evaluation_mask, has_size, is_solid, series_keys
+
+
+@dataclass(frozen=True)
+class Fold:
+    index: int
+    name: str  # "fold0".. or the held-out product
+    train: np.ndarray  # positions in the combined table, before task-specific pool filtering
+    valid: np.ndarray
+
+
+def combined_table(dataset: Dataset) -> pd.DataFrame:
+    return pd.concat([dataset.recipes, dataset.failures], ignore_index=True)
+
+
+def paper_folds(table: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> list[Fold]:
+    """Upstream's split: seeded KFold over the evaluation rows in file order; training is every other row."""
+    evaluation = np.flatnonzero(evaluation_mask(table).to_numpy())
+    splitter = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    folds = []
+    for k, (_, valid_local) in enumerate(splitter.split(evaluation)):
+        valid = evaluation[valid_local]
+        train = np.setdiff1d(np.arange(len(table)), valid)
+        folds.append(Fold(k, f"fold{k}", train, valid))
+    return folds
+
+
+def grouped_folds(table: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> list[Fold]:
+    """Folds by recipe series; every row of a series with a validation row leaves training."""
+    keys = series_keys(table).to_numpy()
+    evaluation = np.flatnonzero(evaluation_mask(table).to_numpy())
+    splitter = GroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    folds = []
+    for k, (_, valid_local) in enumerate(splitter.split(evaluation, groups=keys[evaluation])):
+        valid = evaluation[valid_local]
+        held_out = np.isin(keys, np.unique(keys[valid]))
+        train = np.flatnonzero(~held_out)
+        folds.append(Fold(k, f"fold{k}", train, valid))
+    return folds
+
+
+def product_folds(table: pd.DataFrame, products: list[str]) -> list[Fold]:
+    """Leave-one-product-out: validation = product P with 0 < size <= 20 nm (any Num); training = other products."""
+    folds = []
+    for k, product in enumerate(products):
+        is_product = (table[PRODUCT_NAME] == product).to_numpy()
+        if not is_product.any():
+            raise ValueError(f"--object_name {product!r}: no recipe has this product")
+        valid = np.flatnonzero(is_product & has_size(table).to_numpy())
+        folds.append(Fold(k, product, np.flatnonzero(~is_product), valid))
+    return folds
+
+
+def make_folds(table: pd.DataFrame, split: str, n_folds: int, seed: int, products: list[str]) -> list[Fold]:
+    if products:
+        return product_folds(table, products)
+    if split == "paper":
+        return paper_folds(table, n_folds, seed)
+    if split == "grouped":
+        return grouped_folds(table, n_folds, seed)
+    raise ValueError(f"unknown split {split!r}; choose paper or grouped")
+
+
+def solid_mask(table: pd.DataFrame) -> np.ndarray:
+    return (is_solid(table) & ~table["failed"]).to_numpy()
+
+
+def task_rows(table: pd.DataFrame, positions: np.ndarray, task: str, use_weak: bool = True,
+              use_large: bool = True, use_failures: bool = True) -> np.ndarray:
+    """The rows of `positions` a task trains on. Size: rows with 0 < size <= 20 nm (no other row has a size loss).
+    Shape: recipes (large ones if use_large) plus failed syntheses if use_failures."""
+    rows = table.iloc[positions]
+    solid = is_solid(rows) & ~rows["failed"]
+    keep = pd.Series(True, index=rows.index)
+    if not use_weak:
+        keep &= solid | rows["failed"]
+    if task == "size":
+        keep &= has_size(rows) & ~rows["failed"]
+    elif task == "shape":
+        if not use_failures:
+            keep &= ~rows["failed"]
+        if not use_large:
+            keep &= ~(rows["Y1"] > 20)
+    else:
+        raise ValueError(f"unknown task {task!r}; choose size or shape")
+    return positions[keep.to_numpy()]
