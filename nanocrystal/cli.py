@@ -50,6 +50,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import UNKNOWN_SPEED, coincident_rows, convert_file, save
+    from .recipes import UNKNOWN, RecipeError, load_shapes, read_table
+
+    try:
+        shapes = load_shapes(args.shapes)
+        reference = read_table(args.reference, len(shapes)) if args.reference else None
+        result = convert_file(args.xlsx, shapes, labels=not args.no_labels)
+        save(result, args.out, args.report, args.force)
+    except (RecipeError, FileExistsError) as error:
+        print(str(error), file=sys.stderr)
+        return 2
+    table = result.table
+    print(f"{args.xlsx}: {result.sheet_rows:,} rows -> {len(table):,} converted, {result.dropped_rows:,} dropped "
+          f"({len(result.drops):,} problems" + (f", listed in {args.report})" if args.report else ")"))
+    print(f"  unknown fields kept: Num {UNKNOWN} in {int((table['Num'] == UNKNOWN).sum()):,} rows, "
+          f"Y2 {UNKNOWN} in {int((table['Y2'] == UNKNOWN).sum()):,}, "
+          f"Speed {UNKNOWN_SPEED} in {int((table['Speed'] == UNKNOWN_SPEED).sum()):,}")
+    print(f"  wrote {args.out}")
+    if reference is not None:
+        print(f"  coincide with {Path(args.reference).name} on (product, temperatures, time, size): "
+              f"{coincident_rows(table, reference):,} of {len(reference):,} rows")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nanocrystal", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--feats", default=None, help="descriptor .pkl: also report substances without one")
     validate.add_argument("--shapes", default=str(ROOT / "data" / "shapes_list.txt"))
     validate.set_defaults(handler=cmd_validate)
+
+    convert = commands.add_parser("convert", help="turn the human-readable recipe sheet (xlsx) into the model CSV")
+    convert.add_argument("xlsx")
+    convert.add_argument("out", help="model CSV to write")
+    convert.add_argument("--report", default=None, help="CSV listing every dropped row: row, column, value, reason")
+    convert.add_argument("--shapes", default=str(ROOT / "data" / "shapes_list.txt"))
+    convert.add_argument("--reference", default=str(ROOT / "data" / "0309_classification_and_reg-raw-v3.csv"),
+                         help="model CSV to count coinciding rows against ('' = skip)")
+    convert.add_argument("--no-labels", action="store_true",
+                         help="recipes to predict: size, shape and counts may be absent (-1 = unknown)")
+    convert.add_argument("--force", action="store_true", help="replace OUT and the report if they exist")
+    convert.set_defaults(handler=cmd_convert)
     return parser
 
 

@@ -60,11 +60,13 @@ def validate_frame(raw: pd.DataFrame, source: str, n_shapes: int) -> tuple[pd.Da
     extra = [c for c in raw.columns if c not in REQUIRED_COLUMNS and c not in OPTIONAL_COLUMNS]
     problems += [f"{source}:1:{c}: missing required column" for c in missing]
     problems += [f"{source}:1:{c}: unexpected column" for c in extra]
-    if missing:
-        return raw, problems
 
+    # A missing column reads as empty (NaN / no name), so every other column is still checked and reported.
     typed = pd.DataFrame(index=raw.index)
     for column in NUMERIC_COLUMNS:
+        if column not in raw.columns:
+            typed[column] = np.nan
+            continue
         text = raw[column].astype(str).str.strip()
         values = pd.to_numeric(text, errors="coerce")
         for index in np.flatnonzero(values.isna().to_numpy()):
@@ -73,7 +75,7 @@ def validate_frame(raw: pd.DataFrame, source: str, n_shapes: int) -> tuple[pd.Da
             problems.append(f"{source}:{_line(index)}:{column}: {what}")
         typed[column] = values.astype(float)
     for column in (PRODUCT_NAME, *NAME_COLUMNS):
-        typed[column] = raw[column].fillna("").astype(str).str.strip()
+        typed[column] = raw[column].fillna("").astype(str).str.strip() if column in raw.columns else ""
     for column in OPTIONAL_COLUMNS:
         if column in raw.columns:
             typed[column] = raw[column]
@@ -90,11 +92,13 @@ def validate_frame(raw: pd.DataFrame, source: str, n_shapes: int) -> tuple[pd.Da
     flag(typed["Time"] < 0, "Time", lambda v: f"negative time {v:g}")
     flag(typed["Speed"] < 0, "Speed", lambda v: f"negative heating rate {v:g}")
     shape = typed["Y3"]
-    flag(shape.notna() & ((shape != shape.round()) | (shape < 0) | (shape > n_shapes)), "Y3",
-         lambda v: f"shape index {v:g} is not in the shapes list (0..{n_shapes - 1}, {n_shapes} = failed)")
+    # -1 = unknown: a recipe to predict (nanocrystal.convert with labels=False)
+    flag(shape.notna() & ((shape != shape.round()) | (shape < UNKNOWN) | (shape > n_shapes)), "Y3",
+         lambda v: f"shape index {v:g} is not in the shapes list (0..{n_shapes - 1}, {n_shapes} = failed, "
+                   f"{UNKNOWN} = unknown)")
     size = typed["Y1"]
     flag((size <= 0) & (size != UNKNOWN), "Y1", lambda v: f"size {v:g} must be positive or {UNKNOWN} (unknown)")
-    flag(typed["ID"].duplicated(keep="first"), "ID", lambda v: f"duplicate ID {v:g}")
+    flag(typed["ID"].notna() & typed["ID"].duplicated(keep="first"), "ID", lambda v: f"duplicate ID {v:g}")
     for amount_col, name_col in zip(AMOUNT_COLUMNS, NAME_COLUMNS):
         empty = typed[name_col].isin(["", EMPTY_NAME])
         flag(empty & (typed[amount_col] > 0), amount_col, f"amount > 0 but {name_col} names no substance")

@@ -1,0 +1,59 @@
+"""`python -m nanocrystal validate` and `convert` as a user runs them."""
+from __future__ import annotations
+
+import pandas as pd
+
+from nanocrystal.cli import main
+from nanocrystal.convert import UNKNOWN_SPEED
+from nanocrystal.recipes import read_table
+
+
+def test_validate_real_file(recipes_path, feats_path, capsys):
+    assert main(["validate", str(recipes_path), "--feats", str(feats_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{recipes_path}: 3,489 rows" in out
+    assert "solid 720, weak 2,769, evaluation 617, large 103, failed 0" in out
+    assert "reagents without a descriptor: 0 names in 0 rows" in out
+    assert "products without a descriptor: 15 names in 17 rows" in out
+    assert "    Cs2NaYbCl6: 1" in out
+
+
+def test_validate_broken_copy_names_each_problem(recipes_path, tmp_path, capsys):
+    """One NaN temperature, one negative amount and one dropped column: exit 2, each named by row and column."""
+    frame = pd.read_csv(recipes_path, dtype=str, keep_default_na=False)
+    frame.loc[10, "Temperature1"] = "NaN"
+    frame.loc[2000, "C1"] = "-3.5"
+    broken = tmp_path / "broken.csv"
+    frame.drop(columns="Speed").to_csv(broken, index=False)
+    assert main(["validate", str(broken)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"{broken}:1:Speed: missing required column",
+                   f"{broken}:12:Temperature1: missing value (NaN)",
+                   f"{broken}:2002:C1: negative amount -3.5",
+                   f"{broken}: 3 problem(s)"]
+
+
+def test_convert_small_sheet(sheet, tmp_path, capsys):
+    """A 5-row sheet with dirty cells: kept rows carry unknown markers, the rest are in the report."""
+    small = sheet.head(5).copy()
+    small.loc[0, "Number of statistics"] = "?"
+    small.loc[1, "heating rate/℃ min-1"] = "？"
+    small.loc[2, "D/nm"] = "*"
+    xlsx, out, report = tmp_path / "mine.xlsx", tmp_path / "out.csv", tmp_path / "drops.csv"
+    small.to_excel(xlsx, index=False)
+    args = ["convert", str(xlsx), str(out), "--report", str(report), "--reference", ""]
+    assert main(args) == 0
+    assert "5 rows -> 4 converted, 1 dropped (1 problems" in capsys.readouterr().out
+    table = read_table(out, 11)
+    assert table["ID"].tolist() == [2, 3, 5, 6]
+    assert table.loc[0, "Num"] == -1 and table.loc[1, "Speed"] == UNKNOWN_SPEED
+    assert pd.read_csv(report).to_dict("records") == [
+        {"row": 4, "column": "D/nm", "value": "*", "reason": "non-numeric size"}]
+
+    before = out.read_bytes()
+    assert main(args) == 2  # never replaces an earlier output silently
+    assert "exists; pass --force" in capsys.readouterr().err and out.read_bytes() == before
+    out.unlink()
+    assert main(args) == 2 and not out.exists()  # the report exists: nothing is written, not half the outputs
+    assert main([*args, "--force"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drops.csv", "mine.xlsx", "out.csv"]  # no temp files left

@@ -1,0 +1,63 @@
+"""Folds: the paper split partitions the 617 evaluation rows; the grouped split holds out whole recipe series."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nanocrystal.recipes import evaluation_mask, series_keys
+from nanocrystal.splits import grouped_folds, make_folds, paper_folds, product_folds, task_rows
+
+
+@pytest.fixture(scope="module")
+def evaluation(table) -> np.ndarray:
+    return np.flatnonzero(evaluation_mask(table).to_numpy())
+
+
+@pytest.fixture(scope="module")
+def grouped(table) -> list:
+    return grouped_folds(table, 5, 0)
+
+
+@pytest.mark.parametrize("split", ["paper", "grouped"])
+def test_folds_partition_the_evaluation_rows(table, evaluation, grouped, split):
+    folds = paper_folds(table, 5, 0) if split == "paper" else grouped
+    valid = np.concatenate([fold.valid for fold in folds])
+    assert len(evaluation) == 617 and len(folds) == 5
+    assert np.array_equal(np.sort(valid), evaluation)  # every evaluation row exactly once
+    for fold in folds:
+        assert not np.isin(fold.valid, fold.train).any()
+
+
+def test_paper_folds_train_on_everything_else(table):
+    folds = paper_folds(table, 5, 0)
+    assert [len(f.valid) for f in folds] == [124, 124, 123, 123, 123]
+    for fold in folds:
+        assert len(fold.train) + len(fold.valid) == len(table) == 3489 + 5245
+    assert not np.array_equal(folds[0].valid, paper_folds(table, 5, 1)[0].valid)  # the seed matters
+
+
+def test_grouped_folds_hold_out_whole_series(table, grouped):
+    keys = series_keys(table).to_numpy()
+    for fold in grouped:
+        held_out = np.isin(keys, np.unique(keys[fold.valid]))
+        assert not np.isin(np.flatnonzero(held_out), fold.train).any()
+        assert np.array_equal(np.sort(fold.train), np.flatnonzero(~held_out))
+
+
+def test_leave_one_product_out(table):
+    (fold,) = make_folds(table, "paper", 5, 0, ["PbSe"])
+    products = table["T2"].to_numpy()
+    assert fold.name == "PbSe" and set(products[fold.valid]) == {"PbSe"}
+    assert "PbSe" not in set(products[fold.train])
+    assert (table["Y1"].to_numpy()[fold.valid] <= 20).all()
+    with pytest.raises(ValueError, match="no recipe has this product"):
+        product_folds(table, ["Unobtainium"])
+
+
+def test_task_rows(table):
+    everything = np.arange(len(table))
+    size = task_rows(table, everything, "size")
+    assert not table["failed"].to_numpy()[size].any() and (table["Y1"].to_numpy()[size] <= 20).all()
+    shape = task_rows(table, everything, "shape")
+    assert len(shape) == len(table)
+    assert len(task_rows(table, everything, "shape", use_failures=False)) == 3489
