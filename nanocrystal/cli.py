@@ -75,6 +75,57 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def config_parser() -> argparse.ArgumentParser:
+    """One flag per Config field (same name, same type); a flag not given keeps the preset's or config file's value."""
+    import dataclasses
+
+    from .config import Config
+
+    parser = argparse.ArgumentParser(prog="train.py", description="Train and evaluate over the folds of a split.")
+    parser.add_argument("--config", default=None, help="a run's config.json: re-run it (other flags override)")
+    for spec in dataclasses.fields(Config):
+        flag = f"--{spec.name}"
+        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"(default {default})")
+        elif isinstance(default, list):
+            item = int if spec.name == "folds" else str
+            parser.add_argument(flag, nargs="*", type=item, default=None, help="list")
+        else:
+            parser.add_argument(flag, type=type(default), default=None, help=f"(default {default!r})")
+    return parser
+
+
+def config_from_args(argv: list[str] | None = None):
+    import json
+
+    from .config import Config, resolve
+
+    args = vars(config_parser().parse_args(argv))
+    config_file = args.pop("config")
+    given = {k: v for k, v in args.items() if v is not None}
+    if config_file:
+        base = json.loads(Config.load(config_file).to_json())
+        base.pop("save_path"), base.pop("resume")
+        return Config.from_dict({**base, **given})
+    return resolve(given.pop("preset", "cpu"), given)
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    from .runs import RunError, run_experiment
+
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = config_from_args(argv)
+    try:
+        run_dir = run_experiment(cfg, command="python train.py " + " ".join(argv))
+    except RunError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"run folder: {run_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nanocrystal", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)

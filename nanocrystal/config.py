@@ -44,6 +44,7 @@ class Config:
     d_ffn: int = 128
     dropout: float = 0.1
     freeze_descriptors: bool = False
+    substance_embedding: bool = False  # learned per-substance offset added to the projected descriptor
 
     # training
     epochs: int = 200

@@ -1,0 +1,134 @@
+"""One training loop for every task and neural model: losses, weak-row band, EMA, schedule, pretraining, ensembles."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from .config import Config
+from .encode import Batch
+from .recipes import MAX_EVAL_SIZE_NM
+
+
+def size_loss(pred_nm: torch.Tensor, batch: Batch, cfg: Config) -> torch.Tensor:
+    """Huber on size in nm over rows with 0 < size <= 20 nm. A weak row already within `weak_band` of its label
+    contributes nothing; the mean is over contributing rows."""
+    target = batch.size_nm
+    has_size = (target > 0) & (target <= MAX_EVAL_SIZE_NM)
+    per_row = F.huber_loss(pred_nm, target.clamp_min(0), reduction="none", delta=cfg.huber_delta)
+    within_band = (pred_nm - target).abs() <= cfg.weak_band * target
+    contributes = has_size & ~(batch.weak & within_band)
+    weight = torch.where(batch.weak, cfg.weak_weight, 1.0) * contributes
+    return (per_row * weight).sum() / contributes.sum().clamp_min(1)
+
+
+def shape_loss(logits: torch.Tensor, failed_logit: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Cross-entropy over the shapes on non-failed rows + BCE of the failed logit on every row."""
+    n_shapes = logits.shape[1]
+    failed = batch.shape == n_shapes
+    ce = F.cross_entropy(logits[~failed], batch.shape[~failed]) if (~failed).any() else logits.sum() * 0
+    return ce + F.binary_cross_entropy_with_logits(failed_logit, failed.float())
+
+
+def task_loss(out: dict[str, torch.Tensor], batch: Batch, cfg: Config) -> torch.Tensor:
+    if cfg.task == "size":
+        return size_loss(out["size"], batch, cfg)
+    return shape_loss(out["shape"], out["failed"], batch)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up, then cosine down to a tenth of the peak rate."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def descriptor_mask(batch: Batch, rate: float, generator: torch.Generator) -> torch.Tensor:
+    """Masked-target pretraining: with probability 0.5 hide the product descriptor of ~`rate` of the rows,
+    otherwise hide one random present slot per row."""
+    n, slots = batch.present.shape
+    mask = torch.zeros(n, slots, dtype=torch.bool)
+    if torch.rand(1, generator=generator).item() < 0.5:
+        mask = batch.is_product & (torch.rand(n, 1, generator=generator) < rate)
+    else:
+        scores = torch.rand(n, slots, generator=generator).masked_fill(~batch.present, -1.0)
+        mask[torch.arange(n), scores.argmax(1)] = True
+    return mask & batch.present
+
+
+@dataclass
+class History:
+    epochs: list[int]
+    train_loss: list[float]
+
+
+def run_epochs(model: torch.nn.Module, ema: AveragedModel, data: Batch, cfg: Config, epochs: int,
+               generator: torch.Generator, masked: bool, desc: str, on_epoch=None) -> list[float]:
+    """Adam(W) with warm-up + cosine over `epochs`; updates the EMA after every step."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+    total = epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, cfg.warmup_epochs * steps_per_epoch, total))
+    losses = []
+    for epoch in tqdm(range(epochs), desc=desc, leave=False, mininterval=2.0):
+        model.train()
+        order = torch.randperm(len(data), generator=generator)
+        epoch_loss = 0.0
+        for start in range(0, len(data), cfg.batch_size):
+            batch = data.index(order[start:start + cfg.batch_size])
+            drop = descriptor_mask(batch, cfg.pretrain_mask_rate, generator) if masked else None
+            loss = task_loss(model(batch, drop), batch, cfg)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            ema.update_parameters(model)
+            epoch_loss += loss.item() * len(batch)
+        losses.append(epoch_loss / len(data))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, ema.module)
+    return losses
+
+
+def train_member(make_model, data: Batch, cfg: Config, seed: int, on_epoch=None) -> tuple[torch.nn.Module, list]:
+    """Train one model (optional masked pretraining, then finetuning from its weights); return its EMA copy."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = make_model()
+    losses = []
+    if cfg.pretrain_epochs:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        losses += run_epochs(model, ema, data, cfg, cfg.pretrain_epochs, generator, True, f"pretrain s{seed}")
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    losses += run_epochs(model, ema, data, cfg, cfg.epochs, generator, False, f"train s{seed}", on_epoch)
+    final = ema.module
+    final.eval()
+    return final, losses
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, data: Batch, batch_size: int = 2048) -> dict[str, np.ndarray]:
+    model.eval()
+    parts: dict[str, list] = {"size": [], "shape": [], "failed": []}
+    for start in range(0, len(data), batch_size):
+        out = model(data.index(torch.arange(start, min(start + batch_size, len(data)))))
+        parts["size"].append(out["size"])
+        parts["shape"].append(torch.softmax(out["shape"], dim=1))
+        parts["failed"].append(torch.sigmoid(out["failed"]))
+    return {k: torch.cat(v).numpy() for k, v in parts.items()}
+
+
+def ensemble_predict(models: list[torch.nn.Module], data: Batch) -> dict[str, np.ndarray]:
+    """Mean over members, plus the spread of the size predictions."""
+    each = [predict(m, data) for m in models]
+    out = {k: np.mean([e[k] for e in each], axis=0) for k in each[0]}
+    out["size_std"] = np.std([e["size"] for e in each], axis=0)
+    return out

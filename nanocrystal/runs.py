@@ -1,0 +1,275 @@
+"""A run: folds of one config, each trained and scored once, in a run folder that can be resumed.
+
+Run folder: config.json, log.txt (ends with upstream's `- eval - name: value` lines), metrics.json, oof_predictions.csv,
+fold<k>.json (a finished fold's scores and predictions) and fold<k>.pt (everything prediction needs).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import ROOT, Config
+from .descriptors import DescriptorStore, load_descriptors
+from .encode import Encoder, descriptor_matrix, encode, fit_encoder, unknown_substances
+from .engine import ensemble_predict, train_member
+from .metrics import SHAPE_METRICS, SIZE_METRICS, mean_metrics, shape_metrics, size_metrics
+from .model import RecipeTransformer
+from .recipes import is_solid, load_dataset, series_keys
+from .splits import Fold, combined_table, make_folds, task_rows
+
+NEURAL_MODELS = ("transformer",)
+
+
+class RunError(RuntimeError):
+    pass
+
+
+# ---- files ---------------------------------------------------------------------------------------------------------
+
+def write_atomic(path: Path, write) -> None:
+    """Write through a temp file in the same folder, then rename: a reader never sees half a file."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(handle)
+    try:
+        write(temp)
+        os.replace(temp, path)
+    finally:
+        Path(temp).unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_atomic(path, lambda temp: Path(temp).write_text(text))
+
+
+def default_run_dir(cfg: Config) -> Path:
+    name = cfg.exp or f"{cfg.task}-{cfg.model}-{'lopo' if cfg.object_name else cfg.split}"
+    return ROOT / "runs" / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def open_run_dir(cfg: Config) -> Path:
+    """A new folder, or with --resume the same folder of the same config. Never overwrites another run."""
+    run_dir = Path(cfg.save_path) if cfg.save_path else default_run_dir(cfg)
+    config_path = run_dir / "config.json"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not cfg.resume:
+            raise RunError(f"{run_dir} already holds a run; choose another --save_path or pass --resume")
+        saved = Config.load(config_path)
+        if {**json.loads(saved.to_json()), "resume": True} != json.loads(cfg.to_json()):
+            raise RunError(f"{config_path}: --resume needs the same config as the saved run")
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(config_path, cfg.to_json())
+    return run_dir
+
+
+def make_logger(run_dir: Path) -> logging.Logger:
+    logger = logging.getLogger(f"nanocrystal.{run_dir}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if not logger.handlers:
+        formatter = logging.Formatter("%(asctime)s [%(levelname)s]: %(message)s")
+        for handler in (logging.FileHandler(run_dir / "log.txt"), logging.StreamHandler(sys.stdout)):
+            handler.setFormatter(formatter)
+            logger.addHandler(handler)
+    return logger
+
+
+# ---- one fold --------------------------------------------------------------------------------------------------------
+
+@dataclass
+class FoldData:
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    train_weak: np.ndarray
+
+
+def inner_fold(table: pd.DataFrame, fold: Fold, cfg: Config) -> Fold:
+    """For tuning: hold out `inner_val_frac` of the fold's training evaluation-pool rows (by series for the grouped split);
+    the outer validation rows stay out entirely."""
+    rng = np.random.default_rng(cfg.seed + 1000 * fold.index)
+    train = table.iloc[fold.train]
+    candidates = fold.train[(is_solid(train) & (train["Y1"] > 0) & (train["Y1"] <= 20) & ~train["failed"]).to_numpy()]
+    if cfg.split == "grouped" and not cfg.object_name:
+        keys = series_keys(table).to_numpy()
+        groups = np.unique(keys[candidates])
+        chosen = rng.choice(groups, size=max(1, round(len(groups) * cfg.inner_val_frac)), replace=False)
+        valid = candidates[np.isin(keys[candidates], chosen)]
+        keep = ~np.isin(keys[fold.train], chosen)
+    else:
+        valid = rng.choice(candidates, size=max(1, round(len(candidates) * cfg.inner_val_frac)), replace=False)
+        keep = ~np.isin(fold.train, valid)
+    return Fold(fold.index, f"{fold.name}-inner", fold.train[keep], np.sort(valid))
+
+
+def fold_data(cfg: Config, table: pd.DataFrame, fold: Fold, n_shapes: int) -> FoldData:
+    positions = task_rows(table, fold.train, cfg.task, cfg.use_weak, cfg.use_large, cfg.use_failures)
+    train = table.iloc[positions].reset_index(drop=True)
+    weak = ~is_solid(train).to_numpy()
+    if cfg.augmented:
+        from .augment import load_augmented
+
+        extra = load_augmented(cfg.augmented, cfg.split, cfg.seed, cfg.n_folds, cfg.object_name,
+                               fold.name.removesuffix("-inner"), n_shapes)
+        extra = extra[extra["source_ID"].isin(train["ID"])]  # inner tuning: only rows from the inner training part
+        extra_positions = task_rows(extra, np.arange(len(extra)), cfg.task, cfg.use_weak, cfg.use_large,
+                                    cfg.use_failures)
+        extra = extra.iloc[extra_positions]
+        extra_weak = np.ones(len(extra), bool) if not cfg.trust_augmented else ~is_solid(extra).to_numpy()
+        train = pd.concat([train, extra.drop(columns=["source_ID", "augmented"])], ignore_index=True)
+        weak = np.concatenate([weak, extra_weak])
+    return FoldData(train, table.iloc[fold.valid].reset_index(drop=True), weak)
+
+
+def make_model_factory(cfg: Config, encoder: Encoder, store: DescriptorStore, n_shapes: int):
+    descriptors = descriptor_matrix(encoder, store)
+    return lambda: RecipeTransformer(cfg, descriptors, len(encoder.condition_names), n_shapes)
+
+
+def fit_transformer_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shapes: int, logger):
+    encoder = fit_encoder(data.train, store, cfg.amount_scaling, cfg.use_product, cfg.size_as_input)
+    train_batch = encode(data.train, encoder, data.train_weak)
+    valid_batch = encode(data.valid, encoder)
+    factory = make_model_factory(cfg, encoder, store, n_shapes)
+    members = []
+    for member in range(cfg.n_members):
+        on_epoch = None
+        if cfg.eval_every:  # upstream-style curve on the held-out rows: logged, labelled, never used to choose
+            def on_epoch(epoch, model, member=member):
+                if epoch % cfg.eval_every == 0:
+                    scores = score(cfg, data.valid, ensemble_predict([model], valid_batch), n_shapes)
+                    logger.info(f"val-selected curve (not the result) member {member} epoch {epoch}: "
+                                + ", ".join(f"{k} {scores[k]:.4f}" for k in primary_metrics(cfg)))
+        model, _ = train_member(factory, train_batch, cfg, seed=cfg.seed * 1000 + member, on_epoch=on_epoch)
+        members.append(model)
+    prediction = ensemble_predict(members, valid_batch)
+    checkpoint = {
+        "config": json.loads(cfg.to_json()),
+        "encoder": encoder.to_dict(),
+        "n_shapes": n_shapes,
+        "members": [m.state_dict() for m in members],
+    }
+    return prediction, checkpoint
+
+
+def load_fold_models(path: Path, store: DescriptorStore):
+    """Rebuild a fold's ensemble from its checkpoint (weights_only: no code runs on load)."""
+    checkpoint = torch.load(path, weights_only=True)
+    cfg = Config.from_dict(checkpoint["config"])
+    encoder = Encoder.from_dict(checkpoint["encoder"])
+    factory = make_model_factory(cfg, encoder, store, checkpoint["n_shapes"])
+    members = []
+    for state in checkpoint["members"]:
+        model = factory()
+        model.load_state_dict(state)
+        model.eval()
+        members.append(model)
+    return cfg, encoder, members
+
+
+def primary_metrics(cfg: Config) -> tuple[str, ...]:
+    return SIZE_METRICS if cfg.task == "size" else SHAPE_METRICS
+
+
+def score(cfg: Config, valid: pd.DataFrame, prediction: dict, n_shapes: int) -> dict:
+    if cfg.task == "size":
+        return size_metrics(valid["Y1"].to_numpy(), prediction["size"])
+    shape = valid["Y3"].to_numpy()
+    keep = shape < n_shapes  # the failure logit is excluded from the shape metrics
+    return shape_metrics(shape[keep], prediction["shape"][keep].argmax(1), n_shapes)
+
+
+def fold_predictions(cfg: Config, fold: Fold, valid: pd.DataFrame, prediction: dict) -> pd.DataFrame:
+    frame = pd.DataFrame({"ID": valid["ID"].to_numpy(), "fold": fold.name})
+    if cfg.task == "size":
+        frame["true"] = valid["Y1"].to_numpy()
+        frame["pred"] = prediction["size"]
+        frame["pred_std"] = prediction.get("size_std", np.zeros(len(valid)))
+    else:
+        frame["true"] = valid["Y3"].to_numpy()
+        frame["pred"] = prediction["shape"].argmax(1)
+        for k in range(prediction["shape"].shape[1]):
+            frame[f"prob_{k}"] = prediction["shape"][:, k]
+        frame["p_failed"] = prediction["failed"]
+    return frame
+
+
+# ---- the run ---------------------------------------------------------------------------------------------------------
+
+def run_experiment(cfg: Config, command: str = "") -> Path:
+    start = time.time()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run_dir = open_run_dir(cfg)
+    logger = make_logger(run_dir)
+    dataset = load_dataset(cfg.data_dir)
+    store = load_descriptors(cfg.feats_path)
+    table = combined_table(dataset)
+    folds = make_folds(table, cfg.split, cfg.n_folds, cfg.seed, cfg.object_name)
+    if cfg.folds:
+        folds = [f for f in folds if f.index in cfg.folds]
+    logger.info(f"run {run_dir} ({command or 'train.py'})")
+    missing = unknown_substances(dataset.recipes, fit_encoder(dataset.recipes.head(5), store, "log", True, False))
+    if missing:
+        logger.info(f"{len(missing)} substances without a descriptor (used as zeros): {missing}")
+    for outer in folds:
+        result_path = run_dir / f"{outer.name}.json"
+        if result_path.exists():
+            logger.info(f"{outer.name}: done earlier, kept (resume)")
+            continue
+        fold = inner_fold(table, outer, cfg) if cfg.inner_val_frac else outer
+        fold_start = time.time()
+        data = fold_data(cfg, table, fold, dataset.n_shapes)
+        logger.info(f"{fold.name}: {len(data.train)} training rows ({int(data.train_weak.sum())} weak), "
+                    f"{len(data.valid)} validation rows")
+        if cfg.model in NEURAL_MODELS:
+            prediction, checkpoint = fit_transformer_fold(cfg, data, store, dataset.n_shapes, logger)
+            write_atomic(run_dir / f"{outer.name}.pt", lambda temp: torch.save(checkpoint, temp))
+        else:
+            from .baselines import fit_tree_fold
+
+            prediction = fit_tree_fold(cfg, data, store, dataset.n_shapes)
+        scores = score(cfg, data.valid, prediction, dataset.n_shapes)
+        predictions = fold_predictions(cfg, fold, data.valid, prediction)
+        record = {"fold": outer.name, "scored_on": "inner" if cfg.inner_val_frac else "held-out",
+                  "metrics": scores, "wall_s": time.time() - fold_start,
+                  "predictions": predictions.to_dict(orient="list")}
+        write_text(result_path, json.dumps(record))
+        logger.info(f"{fold.name}: " + ", ".join(f"{k} {scores[k]:.4f}" for k in primary_metrics(cfg))
+                    + f" ({record['wall_s']:.0f} s)")
+    finish_run(cfg, run_dir, folds, logger, command, time.time() - start)
+    return run_dir
+
+
+def finish_run(cfg: Config, run_dir: Path, folds: list[Fold], logger, command: str, wall_s: float) -> dict:
+    records = [json.loads((run_dir / f"{f.name}.json").read_text()) for f in folds]
+    names = primary_metrics(cfg)
+    per_fold = [{"fold": r["fold"], **r["metrics"], "wall_s": r["wall_s"]} for r in records]
+    metrics = {
+        "task": cfg.task, "model": cfg.model, "split": "lopo" if cfg.object_name else cfg.split,
+        "object_name": cfg.object_name, "preset": cfg.preset, "seed": cfg.seed,
+        "scored_on": records[0]["scored_on"],
+        "selection": "inner validation split of the training rows" if cfg.inner_val_frac
+        else "fixed schedule (no selection on the held-out fold)",
+        "mean": mean_metrics(per_fold, names), "per_fold": per_fold,
+        "wall_s": wall_s, "fold_wall_s": float(sum(r["wall_s"] for r in records)),
+        "command": command,
+    }
+    if cfg.task == "shape":
+        metrics["confusion"] = np.sum([r["metrics"]["confusion"] for r in records], axis=0).tolist()
+    oof = pd.concat([pd.DataFrame(r["predictions"]) for r in records], ignore_index=True)
+    write_atomic(run_dir / "oof_predictions.csv", lambda temp: oof.to_csv(temp, index=False))
+    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    for name in names:
+        logger.info(f"- eval - {name}: {metrics['mean'][name]:.4f}")
+    return metrics
