@@ -35,21 +35,23 @@ class Config:
     use_product: bool = True  # product token (upstream drops it for shape and leave-one-product-out)
     size_as_input: bool = False  # shape task: give the measured size as a condition
     amount_scaling: str = "log"  # log | robust (upstream)
-    descriptor_pca: int = 0  # baselines: PCA components of the descriptors (0 = none)
+    descriptor_pca: int = 8  # tree baselines: PCA components of each descriptor block (fitted on training rows)
+    substance_columns: int = 60  # tree baselines: log amount of each of the N most frequent training substances
 
     # model
-    d_model: int = 64
+    d_model: int = 32
     depth: int = 2
     n_heads: int = 4
-    d_ffn: int = 128
-    dropout: float = 0.1
+    d_ffn: int = 64
+    dropout: float = 0.0
     freeze_descriptors: bool = False
-    substance_embedding: bool = False  # learned per-substance offset added to the projected descriptor
+    numeric_embedding: str = "periodic"  # periodic (rtdl PLR) | mlp: how amounts and conditions become vectors
+    substance_embedding: bool = True  # learned per-substance offset added to the projected descriptor
 
     # training
-    epochs: int = 200
+    epochs: int = 150
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_epochs: int = 10
     ema_decay: float = 0.99
@@ -58,11 +60,13 @@ class Config:
     weak_weight: float = 1.0  # weight of a weak row outside its band
     pretrain_epochs: int = 0  # masked-target pretraining before finetuning
     pretrain_mask_rate: float = 0.5
-    n_members: int = 1  # ensemble members per fold (different seeds)
+    n_members: int = 3  # ensemble members per fold (different seeds)
+    snapshots: int = 3  # EMA snapshots kept per member (an ensemble from one training run)
+    snapshot_span: float = 0.3  # snapshots are spread over this last fraction of the epochs
     inner_val_frac: float = 0.0  # >0: pick the epoch count on this part of the training rows, then refit
-    select_every: int = 10  # epochs between inner-validation checks
     eval_every: int = 0  # >0: also log the held-out fold every N epochs, labelled val-selected (upstream style)
-    threads: int = 0  # torch threads (0 = leave the default)
+    threads: int = 1  # torch threads per process (0 = torch's default)
+    workers: int = 1  # folds trained in parallel processes
     device: str = "auto"  # auto | cpu | cuda
 
     # output
@@ -88,12 +92,13 @@ class Config:
 
 # Presets set training and model fields; flags given on the command line win over them.
 PRESETS: dict[str, dict] = {
-    "cpu": {},
-    "tiny": dict(d_model=16, depth=1, n_heads=2, d_ffn=32, epochs=3, batch_size=256, n_members=1,
-                 warmup_epochs=1, select_every=1),
+    "cpu": dict(workers=2),
+    "tiny": dict(d_model=16, depth=1, n_heads=2, d_ffn=32, epochs=3, batch_size=256, n_members=1, snapshots=1,
+                 warmup_epochs=1),
     "paper": dict(d_model=256, depth=8, n_heads=4, d_ffn=256, dropout=0.1, epochs=8000, pretrain_epochs=200,
                   batch_size=256, lr=2e-4, weight_decay=0.01, warmup_epochs=10, ema_decay=0.99,
-                  amount_scaling="robust", n_members=1),
+                  amount_scaling="robust", numeric_embedding="mlp", substance_embedding=False, n_members=1,
+                  snapshots=1, workers=1),
 }
 
 

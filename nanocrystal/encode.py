@@ -9,7 +9,7 @@ import torch
 from sklearn.preprocessing import RobustScaler, StandardScaler
 
 from .descriptors import DescriptorStore
-from .recipes import (EMPTY_NAME, PRODUCT_AMOUNT, PRODUCT_NAME, is_solid,
+from .recipes import (EMPTY_NAME, MAX_EVAL_SIZE_NM, PRODUCT_AMOUNT, PRODUCT_NAME, is_solid,
                       substance_amounts, substance_names)
 
 MEASURED_SIZE = "measured_size"
@@ -26,6 +26,8 @@ class Encoder:
     condition_center: list[float]
     condition_scale: list[float]
     use_product: bool
+    size_center: float = 0.0  # the size head predicts (size - center) / scale
+    size_scale: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +67,8 @@ def fit_encoder(train: pd.DataFrame, store: DescriptorStore, amount_scaling: str
     condition_scaler = RobustScaler().fit(conditions)
     scale = np.where(condition_scaler.scale_ > 0, condition_scaler.scale_, 1.0)
     vocabulary = [EMPTY_NAME] + sorted(n for n in store.vectors if n != EMPTY_NAME)
+    sizes = train["Y1"].to_numpy(float)
+    sizes = sizes[(sizes > 0) & (sizes <= MAX_EVAL_SIZE_NM)]
     return Encoder(
         vocabulary=vocabulary,
         amount_scaling=amount_scaling,
@@ -74,6 +78,8 @@ def fit_encoder(train: pd.DataFrame, store: DescriptorStore, amount_scaling: str
         condition_center=condition_scaler.center_.tolist(),
         condition_scale=scale.tolist(),
         use_product=use_product,
+        size_center=float(sizes.mean()) if len(sizes) else 0.0,
+        size_scale=float(sizes.std()) if len(sizes) > 1 else 1.0,
     )
 
 
@@ -94,6 +100,9 @@ class Batch:
 
     def __len__(self) -> int:
         return self.size_nm.shape[0]
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
     def index(self, rows: torch.Tensor) -> "Batch":
         return Batch(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))

@@ -1,6 +1,7 @@
 """One training loop for every task and neural model: losses, weak-row band, EMA, schedule, pretraining, ensembles."""
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -53,13 +54,13 @@ def descriptor_mask(batch: Batch, rate: float, generator: torch.Generator) -> to
     """Masked-target pretraining: with probability 0.5 hide the product descriptor of ~`rate` of the rows,
     otherwise hide one random present slot per row."""
     n, slots = batch.present.shape
-    mask = torch.zeros(n, slots, dtype=torch.bool)
     if torch.rand(1, generator=generator).item() < 0.5:
-        mask = batch.is_product & (torch.rand(n, 1, generator=generator) < rate)
+        mask = batch.is_product.cpu() & (torch.rand(n, 1, generator=generator) < rate)
     else:
-        scores = torch.rand(n, slots, generator=generator).masked_fill(~batch.present, -1.0)
+        scores = torch.rand(n, slots, generator=generator).masked_fill(~batch.present.cpu(), -1.0)
+        mask = torch.zeros(n, slots, dtype=torch.bool)
         mask[torch.arange(n), scores.argmax(1)] = True
-    return mask & batch.present
+    return mask.to(batch.present.device) & batch.present
 
 
 @dataclass
@@ -80,7 +81,7 @@ def run_epochs(model: torch.nn.Module, ema: AveragedModel, data: Batch, cfg: Con
     losses = []
     for epoch in tqdm(range(epochs), desc=desc, leave=False, mininterval=2.0):
         model.train()
-        order = torch.randperm(len(data), generator=generator)
+        order = torch.randperm(len(data), generator=generator).to(data.size_nm.device)
         epoch_loss = 0.0
         for start in range(0, len(data), cfg.batch_size):
             batch = data.index(order[start:start + cfg.batch_size])
@@ -98,32 +99,59 @@ def run_epochs(model: torch.nn.Module, ema: AveragedModel, data: Batch, cfg: Con
     return losses
 
 
-def train_member(make_model, data: Batch, cfg: Config, seed: int, on_epoch=None) -> tuple[torch.nn.Module, list]:
-    """Train one model (optional masked pretraining, then finetuning from its weights); return its EMA copy."""
+def snapshot_epochs(cfg: Config) -> list[int]:
+    """Epochs whose EMA weights are kept: the last one, plus `snapshots - 1` earlier ones spread over the last
+    `snapshot_span` of training. Snapshots of one run are a nearly free ensemble."""
+    if cfg.snapshots <= 1:
+        return [cfg.epochs]
+    first = cfg.epochs * (1 - cfg.snapshot_span)
+    step = (cfg.epochs - first) / (cfg.snapshots - 1)
+    return sorted({max(1, round(first + k * step)) for k in range(cfg.snapshots)})
+
+
+def resolve_device(cfg: Config) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def train_member(make_model, data: Batch, cfg: Config, seed: int, on_epoch=None) -> tuple[list, list]:
+    """Train one model (optional masked pretraining, then finetuning from its weights); return copies of its EMA
+    weights at the snapshot epochs, and the loss per epoch."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = make_model()
+    device = resolve_device(cfg)
+    model = make_model().to(device)
+    data = data.to(device)
     losses = []
     if cfg.pretrain_epochs:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         losses += run_epochs(model, ema, data, cfg, cfg.pretrain_epochs, generator, True, f"pretrain s{seed}")
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-    losses += run_epochs(model, ema, data, cfg, cfg.epochs, generator, False, f"train s{seed}", on_epoch)
-    final = ema.module
-    final.eval()
-    return final, losses
+    keep_at = snapshot_epochs(cfg)
+    snapshots = []
+
+    def after_epoch(epoch: int, averaged: torch.nn.Module) -> None:
+        if epoch in keep_at:
+            snapshots.append(copy.deepcopy(averaged).cpu().eval())
+        if on_epoch is not None:
+            on_epoch(epoch, averaged)
+
+    losses += run_epochs(model, ema, data, cfg, cfg.epochs, generator, False, f"train s{seed}", after_epoch)
+    return snapshots, losses
 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, data: Batch, batch_size: int = 2048) -> dict[str, np.ndarray]:
     model.eval()
+    device = next(model.parameters()).device
     parts: dict[str, list] = {"size": [], "shape": [], "failed": []}
     for start in range(0, len(data), batch_size):
-        out = model(data.index(torch.arange(start, min(start + batch_size, len(data)))))
+        out = model(data.index(torch.arange(start, min(start + batch_size, len(data)))).to(device))
         parts["size"].append(out["size"])
         parts["shape"].append(torch.softmax(out["shape"], dim=1))
         parts["failed"].append(torch.sigmoid(out["failed"]))
-    return {k: torch.cat(v).numpy() for k, v in parts.items()}
+    return {k: torch.cat(v).cpu().numpy() for k, v in parts.items()}
 
 
 def ensemble_predict(models: list[torch.nn.Module], data: Batch) -> dict[str, np.ndarray]:

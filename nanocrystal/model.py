@@ -8,13 +8,29 @@ from .config import Config
 from .encode import Batch
 
 
+class PeriodicEmbedding(nn.Module):
+    """rtdl's PLR embedding of scalars (Gorishniy et al. 2022): sin/cos of learned frequencies, linear, ReLU.
+    Lets the network resolve small differences in a temperature or an amount, which plain linear maps blur."""
+
+    def __init__(self, n_features: int, d: int, n_frequencies: int = 16, sigma: float = 1.0):
+        super().__init__()
+        self.frequencies = nn.Parameter(torch.randn(n_features, n_frequencies) * sigma)
+        self.linear = nn.Linear(2 * n_frequencies, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., n_features) -> (..., n_features, d)
+        angles = 2 * torch.pi * x.unsqueeze(-1) * self.frequencies
+        return torch.relu(self.linear(torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)))
+
+
 class RecipeTransformer(nn.Module):
     """Tokens: [CLS] + one conditions token + one per substance (projected descriptor + amount embedding +
     reagent/product type); padding is masked out of attention. The heads read the CLS output together with the
     conditions again: within a recipe series only the conditions change, so they get a direct path to the output."""
 
-    def __init__(self, cfg: Config, descriptors: torch.Tensor, n_conditions: int, n_shapes: int):
+    def __init__(self, cfg: Config, descriptors: torch.Tensor, n_conditions: int, n_shapes: int,
+                 size_center: float = 0.0, size_scale: float = 1.0):
         super().__init__()
+        self.size_center, self.size_scale = size_center, size_scale
         d = cfg.d_model
         # The descriptor table is a buffer: each step projects only the substances in the batch, once each.
         mean, std = descriptors[1:].mean(0), descriptors[1:].std(0).clamp_min(1e-3)
@@ -29,9 +45,16 @@ class RecipeTransformer(nn.Module):
         self.substance_offset = nn.Embedding(len(descriptors), d) if cfg.substance_embedding else None
         if self.substance_offset is not None:
             nn.init.zeros_(self.substance_offset.weight)
-        self.amount_embed = nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d))
+        if cfg.numeric_embedding == "periodic":
+            self.amount_embed = nn.Sequential(PeriodicEmbedding(1, d), nn.Flatten(-2))
+            self.condition_embed = nn.Sequential(PeriodicEmbedding(n_conditions, d), nn.Flatten(-2),
+                                                 nn.Linear(n_conditions * d, d), nn.GELU(), nn.Linear(d, d))
+        elif cfg.numeric_embedding == "mlp":
+            self.amount_embed = nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d))
+            self.condition_embed = nn.Sequential(nn.Linear(n_conditions, d), nn.GELU(), nn.Linear(d, d))
+        else:
+            raise ValueError(f"unknown numeric_embedding {cfg.numeric_embedding!r}; choose mlp or periodic")
         self.type_embed = nn.Embedding(2, d)  # reagent, product
-        self.condition_embed = nn.Sequential(nn.Linear(n_conditions, d), nn.GELU(), nn.Linear(d, d))
         self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         layer = nn.TransformerEncoderLayer(d, cfg.n_heads, cfg.d_ffn, cfg.dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
@@ -67,7 +90,7 @@ class RecipeTransformer(nn.Module):
     def forward(self, batch: Batch, drop_descriptor: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         cls = self.cls_embedding(batch, drop_descriptor)
         return {
-            "size": self.size_head(cls).squeeze(-1),
+            "size": self.size_center + self.size_scale * self.size_head(cls).squeeze(-1),
             "shape": self.shape_head(cls),
             "failed": self.failed_head(cls).squeeze(-1),
         }

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +59,14 @@ def default_run_dir(cfg: Config) -> Path:
     return ROOT / "runs" / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
+def results_config(cfg: Config) -> dict:
+    """The fields that decide a run's results (not where it is saved or how many processes ran it)."""
+    values = json.loads(cfg.to_json())
+    for name in ("save_path", "resume", "workers", "threads", "device"):
+        values.pop(name)
+    return values
+
+
 def open_run_dir(cfg: Config) -> Path:
     """A new folder, or with --resume the same folder of the same config. Never overwrites another run."""
     run_dir = Path(cfg.save_path) if cfg.save_path else default_run_dir(cfg)
@@ -64,8 +74,7 @@ def open_run_dir(cfg: Config) -> Path:
     if run_dir.exists() and any(run_dir.iterdir()):
         if not cfg.resume:
             raise RunError(f"{run_dir} already holds a run; choose another --save_path or pass --resume")
-        saved = Config.load(config_path)
-        if {**json.loads(saved.to_json()), "resume": True} != json.loads(cfg.to_json()):
+        if results_config(Config.load(config_path)) != results_config(cfg):
             raise RunError(f"{config_path}: --resume needs the same config as the saved run")
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +142,8 @@ def fold_data(cfg: Config, table: pd.DataFrame, fold: Fold, n_shapes: int) -> Fo
 
 def make_model_factory(cfg: Config, encoder: Encoder, store: DescriptorStore, n_shapes: int):
     descriptors = descriptor_matrix(encoder, store)
-    return lambda: RecipeTransformer(cfg, descriptors, len(encoder.condition_names), n_shapes)
+    return lambda: RecipeTransformer(cfg, descriptors, len(encoder.condition_names), n_shapes,
+                                     encoder.size_center, encoder.size_scale)
 
 
 def fit_transformer_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shapes: int, logger):
@@ -150,8 +160,8 @@ def fit_transformer_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_
                     scores = score(cfg, data.valid, ensemble_predict([model], valid_batch), n_shapes)
                     logger.info(f"val-selected curve (not the result) member {member} epoch {epoch}: "
                                 + ", ".join(f"{k} {scores[k]:.4f}" for k in primary_metrics(cfg)))
-        model, _ = train_member(factory, train_batch, cfg, seed=cfg.seed * 1000 + member, on_epoch=on_epoch)
-        members.append(model)
+        snapshots, _ = train_member(factory, train_batch, cfg, seed=cfg.seed * 1000 + member, on_epoch=on_epoch)
+        members.extend(snapshots)
     prediction = ensemble_predict(members, valid_batch)
     checkpoint = {
         "config": json.loads(cfg.to_json()),
@@ -206,10 +216,39 @@ def fold_predictions(cfg: Config, fold: Fold, valid: pd.DataFrame, prediction: d
 
 # ---- the run ---------------------------------------------------------------------------------------------------------
 
-def run_experiment(cfg: Config, command: str = "") -> Path:
-    start = time.time()
+def run_fold(cfg: Config, run_dir: Path, outer: Fold) -> None:
+    """Train and score one fold; its record and checkpoint land in the run folder. Runs in a worker process
+    when folds run in parallel, so it loads what it needs itself."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    logger = make_logger(run_dir)
+    dataset = load_dataset(cfg.data_dir)
+    store = load_descriptors(cfg.feats_path)
+    table = combined_table(dataset)
+    fold = inner_fold(table, outer, cfg) if cfg.inner_val_frac else outer
+    fold_start = time.time()
+    data = fold_data(cfg, table, fold, dataset.n_shapes)
+    logger.info(f"{fold.name}: {len(data.train)} training rows ({int(data.train_weak.sum())} weak), "
+                f"{len(data.valid)} validation rows")
+    if cfg.model in NEURAL_MODELS:
+        prediction, checkpoint = fit_transformer_fold(cfg, data, store, dataset.n_shapes, logger)
+        write_atomic(run_dir / f"{outer.name}.pt", lambda temp: torch.save(checkpoint, temp))
+    else:
+        from .baselines import fit_tree_fold
+
+        prediction = fit_tree_fold(cfg, data, store, dataset.n_shapes)
+    scores = score(cfg, data.valid, prediction, dataset.n_shapes)
+    predictions = fold_predictions(cfg, fold, data.valid, prediction)
+    record = {"fold": outer.name, "scored_on": "inner" if cfg.inner_val_frac else "held-out",
+              "metrics": scores, "wall_s": time.time() - fold_start,
+              "predictions": predictions.to_dict(orient="list")}
+    write_text(run_dir / f"{outer.name}.json", json.dumps(record))
+    logger.info(f"{fold.name}: " + ", ".join(f"{k} {scores[k]:.4f}" for k in primary_metrics(cfg))
+                + f" ({record['wall_s']:.0f} s)")
+
+
+def run_experiment(cfg: Config, command: str = "") -> Path:
+    start = time.time()
     run_dir = open_run_dir(cfg)
     logger = make_logger(run_dir)
     dataset = load_dataset(cfg.data_dir)
@@ -222,31 +261,19 @@ def run_experiment(cfg: Config, command: str = "") -> Path:
     missing = unknown_substances(dataset.recipes, fit_encoder(dataset.recipes.head(5), store, "log", True, False))
     if missing:
         logger.info(f"{len(missing)} substances without a descriptor (used as zeros): {missing}")
-    for outer in folds:
-        result_path = run_dir / f"{outer.name}.json"
-        if result_path.exists():
-            logger.info(f"{outer.name}: done earlier, kept (resume)")
-            continue
-        fold = inner_fold(table, outer, cfg) if cfg.inner_val_frac else outer
-        fold_start = time.time()
-        data = fold_data(cfg, table, fold, dataset.n_shapes)
-        logger.info(f"{fold.name}: {len(data.train)} training rows ({int(data.train_weak.sum())} weak), "
-                    f"{len(data.valid)} validation rows")
-        if cfg.model in NEURAL_MODELS:
-            prediction, checkpoint = fit_transformer_fold(cfg, data, store, dataset.n_shapes, logger)
-            write_atomic(run_dir / f"{outer.name}.pt", lambda temp: torch.save(checkpoint, temp))
-        else:
-            from .baselines import fit_tree_fold
-
-            prediction = fit_tree_fold(cfg, data, store, dataset.n_shapes)
-        scores = score(cfg, data.valid, prediction, dataset.n_shapes)
-        predictions = fold_predictions(cfg, fold, data.valid, prediction)
-        record = {"fold": outer.name, "scored_on": "inner" if cfg.inner_val_frac else "held-out",
-                  "metrics": scores, "wall_s": time.time() - fold_start,
-                  "predictions": predictions.to_dict(orient="list")}
-        write_text(result_path, json.dumps(record))
-        logger.info(f"{fold.name}: " + ", ".join(f"{k} {scores[k]:.4f}" for k in primary_metrics(cfg))
-                    + f" ({record['wall_s']:.0f} s)")
+    pending = [f for f in folds if not (run_dir / f"{f.name}.json").exists()]
+    for done in folds:
+        if done not in pending:
+            logger.info(f"{done.name}: done earlier, kept (resume)")
+    if cfg.workers > 1 and len(pending) > 1:
+        # small models use one core badly; whole folds in parallel processes use them well
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(cfg.workers, len(pending)), mp_context=context) as pool:
+            for future in [pool.submit(run_fold, cfg, run_dir, fold) for fold in pending]:
+                future.result()
+    else:
+        for fold in pending:
+            run_fold(cfg, run_dir, fold)
     finish_run(cfg, run_dir, folds, logger, command, time.time() - start)
     return run_dir
 

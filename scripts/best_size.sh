@@ -1,7 +1,5 @@
 #!/usr/bin/env bash
-# The main job: the best size model on the paper split. Placeholder until the size issue lands.
+# The main job: size regression with the CPU preset on the paper split (seed 0), 5 folds, honest selection.
+# Extra arguments go to train.py, e.g. --split grouped, --augmented data/augmented, --preset paper (GPU).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-source scripts/setup.sh
-echo "best_size: not built yet (the size model is still being written; see issue tracker)" >&2
-exit 1
+exec bash "$(dirname "$0")/run_task.sh" size --task size --preset cpu -- "$@"

@@ -1,0 +1,126 @@
+"""The training engine and run folders, on small slices of the real data with the tiny preset (seconds)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nanocrystal.cli import config_from_args
+from nanocrystal.config import resolve
+from nanocrystal.encode import encode, fit_encoder
+from nanocrystal.engine import ensemble_predict, size_loss, train_member
+from nanocrystal.runs import (RunError, fold_data, inner_fold, load_fold_models, make_model_factory,
+                              run_experiment)
+from nanocrystal.splits import paper_folds
+
+
+@pytest.fixture(scope="module")
+def fold0_data(table):
+    cfg = resolve("tiny")
+    return cfg, fold_data(cfg, table, paper_folds(table, 5, 0)[0], 11)
+
+
+def test_training_rows_never_hold_a_validation_row(table, fold0_data):
+    cfg, data = fold0_data
+    assert not data.train["ID"].isin(data.valid["ID"]).any()
+    assert len(data.valid) == 124 and (data.train["Y1"] > 0).all() and (data.train["Y1"] <= 20).all()
+    inner = inner_fold(table, paper_folds(table, 5, 0)[0], resolve("tiny", {"inner_val_frac": 0.2}))
+    outer_valid = paper_folds(table, 5, 0)[0].valid
+    assert not np.isin(inner.valid, outer_valid).any() and not np.isin(inner.train, outer_valid).any()
+    assert not np.isin(inner.valid, inner.train).any()
+
+
+def test_scalers_see_no_validation_row(fold0_data, descriptors):
+    cfg, data = fold0_data
+    before = fit_encoder(data.train, descriptors, "log", True, False)
+    shifted = data.valid.copy()
+    shifted[["Temperature1", "Temperature2", "Time", "A1"]] *= 7.0  # only validation rows change
+    again = fold_data(cfg, pd.concat([data.train, shifted]).reset_index(drop=True), _same_fold(data), 11)
+    after = fit_encoder(again.train, descriptors, "log", True, False)
+    assert before == after
+
+
+def _same_fold(data):
+    from nanocrystal.splits import Fold
+
+    n_train = len(data.train)
+    return Fold(0, "fold0", np.arange(n_train), np.arange(n_train, n_train + len(data.valid)))
+
+
+def test_weak_rows_within_the_band_contribute_no_loss(fold0_data, descriptors):
+    cfg, data = fold0_data
+    encoder = fit_encoder(data.train, descriptors, "log", True, False)
+    batch = encode(data.train.head(4), encoder, np.array([True, True, False, False]))
+    target = batch.size_nm
+    inside = target * 1.1  # within 15% of the label
+    loss_weak_inside = size_loss(torch.cat([inside[:2], target[2:]]), batch, cfg)
+    assert loss_weak_inside.item() == 0.0  # weak rows inside the band are skipped, exact solid rows cost 0
+    solid_off = torch.cat([target[:2], inside[2:]])
+    assert size_loss(solid_off, batch, cfg).item() > 0.0  # the same error on solid rows counts
+
+
+def test_loss_decreases(fold0_data, descriptors):
+    cfg, data = fold0_data
+    cfg = resolve("tiny", {"epochs": 8, "lr": 3e-3, "batch_size": 64})
+    train = data.train.head(400)
+    encoder = fit_encoder(train, descriptors, "log", True, False)
+    batch = encode(train, encoder)
+    snapshots, losses = train_member(make_model_factory(cfg, encoder, descriptors, 11), batch, cfg, seed=0)
+    assert losses[-1] < 0.7 * losses[0]
+    assert len(snapshots) == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = config_from_args(["--preset", "tiny", "--folds", "0", "1", "--save_path", str(run_dir), "--threads", "1"])
+    run_experiment(cfg, command="test")
+    return run_dir
+
+
+def test_run_folder_holds_everything(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert [f["fold"] for f in metrics["per_fold"]] == ["fold0", "fold1"]
+    assert metrics["mean"]["mae"] == pytest.approx(np.mean([f["mae"] for f in metrics["per_fold"]]))
+    oof = pd.read_csv(tiny_run / "oof_predictions.csv")
+    assert len(oof) == 248 and set(oof.columns) >= {"ID", "fold", "true", "pred"}
+    assert np.mean(np.abs(oof["true"] - oof["pred"])) == pytest.approx(metrics["mean"]["mae"], rel=0.02)
+    tail = (tiny_run / "log.txt").read_text().strip().splitlines()[-5:]
+    assert [line.split("- eval - ")[1].split(":")[0] for line in tail] == ["mae", "mse", "rmse", "mape", "r2"]
+    assert float(tail[0].rsplit(" ", 1)[1]) == pytest.approx(metrics["mean"]["mae"], abs=1e-4)
+
+
+def test_checkpoint_round_trips_to_identical_predictions(tiny_run, table, descriptors):
+    cfg, encoder, members = load_fold_models(tiny_run / "fold0.pt", descriptors)
+    valid = table.iloc[paper_folds(table, 5, 0)[0].valid]
+    prediction = ensemble_predict(members, encode(valid, encoder))["size"]
+    oof = pd.read_csv(tiny_run / "oof_predictions.csv")
+    saved = oof.loc[oof["fold"] == "fold0", "pred"].to_numpy()
+    np.testing.assert_allclose(prediction, saved, rtol=1e-5, atol=1e-5)
+
+
+def test_a_run_folder_is_never_overwritten(tiny_run):
+    before = (tiny_run / "metrics.json").read_text()
+    cfg = config_from_args(["--preset", "tiny", "--folds", "0", "1", "--save_path", str(tiny_run)])
+    with pytest.raises(RunError, match="already holds a run"):
+        run_experiment(cfg)
+    assert (tiny_run / "metrics.json").read_text() == before
+
+
+def test_resume_trains_only_the_missing_folds(tiny_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    (copy / "fold1.json").unlink()
+    (copy / "metrics.json").unlink()
+    kept = (copy / "fold0.json").read_text()
+    saved = json.loads((tiny_run / "config.json").read_text())
+    cfg = config_from_args(["--config", str(tiny_run / "config.json"), "--save_path", str(copy), "--resume"])
+    assert cfg.folds == saved["folds"] and cfg.preset == "tiny"
+    run_experiment(cfg)
+    assert (copy / "fold0.json").read_text() == kept  # fold 0 was not retrained
+    assert json.loads((copy / "metrics.json").read_text())["per_fold"][1]["fold"] == "fold1"
