@@ -1,0 +1,158 @@
+"""Shape classification with the failure class, and leave-one-product-out: splits, losses and metrics on the real data
+(no training except one tiny one-epoch shape fold)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+from nanocrystal.cli import config_from_args
+from nanocrystal.config import resolve
+from nanocrystal.encode import encode, fit_encoder
+from nanocrystal.engine import shape_loss, size_loss
+from nanocrystal.metrics import shape_metrics
+from nanocrystal.recipes import has_size
+from nanocrystal.runs import fold_data, run_experiment, score
+from nanocrystal.splits import make_folds, paper_folds, product_folds
+from nanocrystal.report import load_run
+from nanocrystal.task_tables import lopo_table, main
+
+PRODUCTS = ["PbSe", "Ag2S", "Ni", "Cs2NaBiCl6"]
+N_SHAPES = 11
+
+
+@pytest.mark.parametrize("task", ["size", "shape"])
+def test_a_held_out_product_has_no_training_row(table, task):
+    cfg = config_from_args(["--preset", "tiny", "--task", task, "--object_name", *PRODUCTS])
+    assert cfg.object_name == PRODUCTS
+    folds = make_folds(table, cfg.split, cfg.n_folds, cfg.seed, cfg.object_name)
+    assert [f.name for f in folds] == PRODUCTS
+    size_rows = int((has_size(table) & ~table["failed"]).sum())
+    for fold in folds:
+        data = fold_data(cfg, table, fold, N_SHAPES)
+        assert not (data.train["T2"] == fold.name).any()
+        assert (data.valid["T2"] == fold.name).all()
+        assert ((data.valid["Y1"] > 0) & (data.valid["Y1"] <= 20)).all()
+        if task == "size":  # every other product's size rows train: nothing else is lost
+            assert len(data.train) + len(data.valid) == size_rows
+    assert [len(fold.valid) for fold in folds] == [321, 59, 21, 12]
+
+
+def test_an_unknown_product_is_refused_by_name(table):
+    with pytest.raises(ValueError, match="'PbSeX'"):
+        product_folds(table, ["PbSeX"])
+
+
+@pytest.fixture(scope="module")
+def mixed_rows(table):
+    """Six real recipes with a size, then six real failed syntheses."""
+    recipes = table[~table["failed"] & (table["Y1"] > 0) & (table["Y1"] <= 20)].head(6)
+    return pd.concat([recipes, table[table["failed"]].head(6)], ignore_index=True)
+
+
+def test_failure_rows_never_enter_the_size_loss(mixed_rows, descriptors):
+    cfg = resolve("tiny")
+    batch = encode(mixed_rows, fit_encoder(mixed_rows, descriptors, "log", False, False))
+    assert (batch.size_nm[6:] == -1).all()
+    pred = torch.full((12,), 40.0, requires_grad=True)  # far from every label: each counted row costs
+    loss = size_loss(pred, batch, cfg)
+    loss.backward()
+    assert pred.grad[6:].abs().sum().item() == 0.0 and (pred.grad[:6] != 0).all()
+    recipes_only = size_loss(pred.detach()[:6], batch.index(torch.arange(6)), cfg)
+    assert loss.item() == pytest.approx(recipes_only.item())
+
+
+def test_the_shape_loss_scores_failures_only_with_the_failed_logit(mixed_rows, descriptors):
+    batch = encode(mixed_rows, fit_encoder(mixed_rows, descriptors, "log", False, False))
+    assert (batch.shape[6:] == N_SHAPES).all() and (batch.shape[:6] < N_SHAPES).all()
+    logits = torch.randn(12, N_SHAPES, generator=torch.Generator().manual_seed(0))
+    failed_logit = torch.linspace(-2, 2, 12)
+    expected = (torch.nn.functional.cross_entropy(logits[:6], batch.shape[:6])
+                + torch.nn.functional.binary_cross_entropy_with_logits(failed_logit, (torch.arange(12) >= 6).float()))
+    assert shape_loss(logits, failed_logit, batch).item() == pytest.approx(expected.item())
+
+
+def test_failure_rows_never_enter_the_shape_metrics(table):
+    cfg = resolve("tiny", {"task": "shape"})
+    scored = table.iloc[paper_folds(table)[0].valid]
+    frame = pd.concat([scored, table[table["failed"]].head(50)], ignore_index=True)
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(N_SHAPES), size=len(frame))
+    result = score(cfg, frame, {"shape": probabilities}, N_SHAPES)
+    true, pred = scored["Y3"].to_numpy(), probabilities[:len(scored)].argmax(1)
+    precision, recall, f1, _ = precision_recall_fscore_support(true, pred, average="weighted", zero_division=0)
+    assert result["accuracy"] == pytest.approx(accuracy_score(true, pred))
+    assert (result["precision"], result["recall"], result["f1"]) == pytest.approx((precision, recall, f1))
+    assert np.sum(result["confusion"]) == len(scored) == 124
+    probabilities[len(scored):] = rng.dirichlet(np.ones(N_SHAPES), size=50)  # other guesses on failures: no change
+    assert score(cfg, frame, {"shape": probabilities}, N_SHAPES) == result
+
+
+def test_shape_metrics_match_scikit_learn_on_a_fixed_example():
+    true = np.array([0, 0, 1, 1, 2, 9])
+    pred = np.array([0, 1, 1, 1, 2, 0])
+    result = shape_metrics(true, pred, N_SHAPES)
+    # per class (P, R, F1, support): 0 (1/2, 1/2, 1/2, 2), 1 (2/3, 1, 4/5, 2), 2 (1, 1, 1, 1), 9 (0, 0, 0, 1)
+    assert result["accuracy"] == pytest.approx(4 / 6)
+    assert result["precision"] == pytest.approx((2 * 0.5 + 2 * 2 / 3 + 1) / 6)
+    assert result["recall"] == pytest.approx(4 / 6)
+    assert result["f1"] == pytest.approx((2 * 0.5 + 2 * 0.8 + 1) / 6)
+    assert (result["precision"], result["recall"], result["f1"]) == pytest.approx(
+        precision_recall_fscore_support(true, pred, average="weighted", zero_division=0)[:3])
+    confusion = np.zeros((N_SHAPES, N_SHAPES), int)
+    for t, p in zip(true, pred):
+        confusion[t, p] += 1
+    assert result["confusion"] == confusion.tolist()
+
+
+@pytest.fixture(scope="module")
+def tiny_shape_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "shape"
+    cfg = config_from_args(["--task", "shape", "--preset", "tiny", "--folds", "0", "--epochs", "1", "--threads", "1",
+                            "--no-use_product", "--save_path", str(run_dir)])
+    run_experiment(cfg, command="test")
+    return run_dir
+
+
+def test_a_shape_run_writes_metrics_confusion_probabilities_and_upstream_log_lines(tiny_shape_run):
+    metrics = json.loads((tiny_shape_run / "metrics.json").read_text())
+    assert metrics["task"] == "shape" and [f["fold"] for f in metrics["per_fold"]] == ["fold0"]
+    assert set(metrics["mean"]) == {"accuracy", "f1", "recall", "precision"}
+    confusion = np.array(metrics["confusion"])
+    assert confusion.shape == (N_SHAPES, N_SHAPES) and confusion.sum() == 124
+    assert np.trace(confusion) / 124 == pytest.approx(metrics["mean"]["accuracy"])
+    oof = pd.read_csv(tiny_shape_run / "oof_predictions.csv")
+    probabilities = oof[[f"prob_{k}" for k in range(N_SHAPES)]].to_numpy()
+    assert len(oof) == 124 and (oof["true"] < N_SHAPES).all() and oof["p_failed"].between(0, 1).all()
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, rtol=1e-5)
+    assert (oof["pred"] == probabilities.argmax(1)).all()
+    assert (oof["pred"] == oof["true"]).mean() == pytest.approx(metrics["mean"]["accuracy"])
+    tail = (tiny_shape_run / "log.txt").read_text().strip().splitlines()[-4:]
+    assert [line.split("- eval - ")[1].split(":")[0] for line in tail] == ["accuracy", "f1", "recall", "precision"]
+    for line, name in zip(tail, ["accuracy", "f1", "recall", "precision"]):
+        assert float(line.rsplit(" ", 1)[1]) == pytest.approx(metrics["mean"][name], abs=1e-4)
+
+
+def test_best_cls_prints_the_shape_run_beside_the_paper(tiny_shape_run, capsys):
+    assert main(["shape", str(tiny_shape_run)]) == 0
+    metrics = json.loads((tiny_shape_run / "metrics.json").read_text())
+    row = next(line for line in capsys.readouterr().out.splitlines() if "recipe only" in line)
+    assert f"| {metrics['mean']['accuracy']:.4f} | {metrics['mean']['f1']:.4f} |" in row
+    assert main(["lopo", str(tiny_shape_run)]) == 2  # a paper-split shape run has no per-product table
+    assert "not a leave-one-product-out size run" in capsys.readouterr().err
+
+
+def test_lopo_table_reads_each_product_beside_the_paper(tmp_path):
+    per_fold = [{"fold": p, "mae": 1.0 + k, "mape": 0.1 * k, "r2": 0.5, "mse": 0, "rmse": 0, "wall_s": 1}
+                for k, p in enumerate(["Ni", "Au"])]
+    metrics = {"task": "size", "model": "transformer", "split": "lopo", "mean": {}, "per_fold": per_fold}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    pd.DataFrame({"fold": ["Ni"] * 3 + ["Au"] * 2}).to_csv(tmp_path / "oof_predictions.csv", index=False)
+    table = lopo_table(load_run(tmp_path))
+    assert table.loc["Ni"].to_dict() == pytest.approx(
+        {"n": 3, "mae": 1.0, "mape": 0.0, "r2": 0.5, "paper_mae": 2.0056, "mae_minus_paper": 1.0 - 2.0056})
+    assert table.loc["Au", "n"] == 2 and np.isnan(table.loc["Au", "paper_mae"])
