@@ -60,7 +60,7 @@ class Config:
     weak_weight: float = 1.0  # weight of a weak row outside its band
     pretrain_epochs: int = 0  # masked-target pretraining before finetuning
     pretrain_mask_rate: float = 0.5
-    n_members: int = 3  # ensemble members per fold (different seeds)
+    n_members: int = 2  # ensemble members per fold (different seeds)
     snapshots: int = 3  # EMA snapshots kept per member (an ensemble from one training run)
     snapshot_span: float = 0.3  # snapshots are spread over this last fraction of the epochs
     inner_val_frac: float = 0.0  # >0: pick the epoch count on this part of the training rows, then refit
