@@ -228,8 +228,9 @@ def run_fold(cfg: Config, run_dir: Path, outer: Fold) -> None:
     fold = inner_fold(table, outer, cfg) if cfg.inner_val_frac else outer
     fold_start = time.time()
     data = fold_data(cfg, table, fold, dataset.n_shapes)
-    logger.info(f"{fold.name}: {len(data.train)} training rows ({int(data.train_weak.sum())} weak), "
-                f"{len(data.valid)} validation rows")
+    failed = data.train["failed"].to_numpy()
+    logger.info(f"{fold.name}: {len(data.train)} training rows ({int((data.train_weak & ~failed).sum())} weak, "
+                f"{int(failed.sum())} failed syntheses), {len(data.valid)} validation rows")
     if cfg.model in NEURAL_MODELS:
         prediction, checkpoint = fit_transformer_fold(cfg, data, store, dataset.n_shapes, logger)
         write_atomic(run_dir / f"{outer.name}.pt", lambda temp: torch.save(checkpoint, temp))

@@ -124,3 +124,12 @@ def test_resume_trains_only_the_missing_folds(tiny_run, tmp_path):
     run_experiment(cfg)
     assert (copy / "fold0.json").read_text() == kept  # fold 0 was not retrained
     assert json.loads((copy / "metrics.json").read_text())["per_fold"][1]["fold"] == "fold1"
+
+
+def test_config_file_reruns_the_same_run(tiny_run, tmp_path):
+    again = tmp_path / "again"
+    cfg = config_from_args(["--config", str(tiny_run / "config.json"), "--save_path", str(again), "--folds", "0"])
+    run_experiment(cfg)
+    first = json.loads((tiny_run / "fold0.json").read_text())["metrics"]
+    second = json.loads((again / "fold0.json").read_text())["metrics"]
+    assert second == pytest.approx(first, rel=1e-6)  # seeded: the same numbers, not just close ones
