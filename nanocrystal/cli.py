@@ -75,6 +75,62 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from .descriptors import DescriptorError
+    from .predict import PredictError, load_predictor, predict_recipes, read_recipes, save_table, summary
+    from .recipes import RecipeError
+
+    torch.set_num_threads(1)  # small batches: one thread is fastest on a shared CPU
+    try:
+        predictor = load_predictor(args.size_run, args.shape_run)
+        table = predict_recipes(predictor, read_recipes(args.recipes, predictor.shapes), args.allow_unknown)
+        if args.out:
+            save_table(table, args.out, args.force)
+    except (RecipeError, PredictError, DescriptorError, FileExistsError) as error:
+        print(str(error), file=sys.stderr)
+        return 2
+    print(summary(table))
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_design(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from .descriptors import DescriptorError
+    from .design import DesignError, design, parse_vary
+    from .predict import PredictError, check_known, load_predictor, read_recipes, save_table, shape_column, summary
+    from .recipes import RecipeError
+
+    start = time.time()
+    torch.set_num_threads(1)  # small batches: one thread is fastest on a shared CPU
+    try:
+        predictor = load_predictor(args.size_run, args.shape_run)
+        template = read_recipes(args.template, predictor.shapes)
+        check_known(predictor, template)
+        ranges = parse_vary(args.vary, template.table.iloc[0])
+        result = design(predictor, template.table, args.target_size, ranges, args.target_shape, args.top,
+                        args.trials, args.seed)
+        if args.out:
+            save_table(result.table, args.out, args.force)
+    except (RecipeError, DesignError, PredictError, DescriptorError, FileExistsError) as error:
+        print(str(error), file=sys.stderr)
+        return 2
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    varied = {r.column: r.name for r in ranges}  # the console names an amount by its substance
+    target = [shape_column(args.target_shape)] if args.target_shape else []
+    print(summary(result.table.rename(columns=varied), ["T2", *varied.values(), *target]))
+    print(f"{result.evaluated} candidates searched in {time.time() - start:.1f} s"
+          + (f"; wrote {args.out}" if args.out else ""))
+    return 0
+
+
 def config_parser() -> argparse.ArgumentParser:
     """One flag per Config field (same name, same type); a flag not given keeps the preset's or config file's value."""
     import dataclasses
@@ -152,6 +208,31 @@ def build_parser() -> argparse.ArgumentParser:
                          help="recipes to predict: size, shape and counts may be absent (-1 = unknown)")
     convert.add_argument("--force", action="store_true", help="replace OUT and the report if they exist")
     convert.set_defaults(handler=cmd_convert)
+
+    predict = commands.add_parser("predict", help="predict size, shape and applicability of recipes with run folders")
+    predict.add_argument("recipes", help="recipe file: model CSV (labels optional) or the xlsx layout")
+    predict.add_argument("--size-run", required=True, help="run folder of a size run (its fold checkpoints)")
+    predict.add_argument("--shape-run", default=None, help="run folder of a shape run: adds shape and p_failed")
+    predict.add_argument("--out", default=None, help="CSV to write (all columns)")
+    predict.add_argument("--allow-unknown", action="store_true",
+                         help="substances without a descriptor count as zeros (warning column) instead of an error")
+    predict.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    predict.set_defaults(handler=cmd_predict)
+
+    design = commands.add_parser("design", help="search conditions and amounts of a template for a target size/shape")
+    design.add_argument("--size-run", required=True, help="run folder of a size run")
+    design.add_argument("--shape-run", default=None, help="run folder of a shape run (needed for --target-shape)")
+    design.add_argument("--template", required=True, help="recipe file with one recipe (CSV or xlsx)")
+    design.add_argument("--target-size", type=float, required=True, help="nm")
+    design.add_argument("--target-shape", default=None, help="a name from the shapes list, e.g. sphere")
+    design.add_argument("--vary", nargs="+", action="extend", required=True, metavar="NAME=LOW:HIGH",
+                        help="Temperature1, Temperature2, Time, Speed or a substance of the template (amount, mmol)")
+    design.add_argument("--top", type=int, default=5, help="distinct candidates to return")
+    design.add_argument("--trials", type=int, default=256, help="candidates to evaluate")
+    design.add_argument("--seed", type=int, default=0, help="sampler seed: the same seed gives the same candidates")
+    design.add_argument("--out", default=None, help="CSV to write: model columns + predictions")
+    design.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    design.set_defaults(handler=cmd_design)
     return parser
 
 

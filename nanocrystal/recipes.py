@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -106,8 +107,10 @@ def validate_frame(raw: pd.DataFrame, source: str, n_shapes: int) -> tuple[pd.Da
     return typed, problems
 
 
-def read_table(path: str | Path, n_shapes: int) -> pd.DataFrame:
-    """Read and validate one recipe CSV (model layout; columns in any order). Raises RecipeError listing every problem."""
+def read_table(path: str | Path, n_shapes: int,
+               prepare: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> pd.DataFrame:
+    """Read and validate one recipe CSV (model layout; columns in any order). Raises RecipeError listing every problem.
+    `prepare` may complete the raw string table first (recipes to predict: nanocrystal.predict.prepare_raw)."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError([f"{path}:-:-: no such file"])
@@ -115,7 +118,7 @@ def read_table(path: str | Path, n_shapes: int) -> pd.DataFrame:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         raise RecipeError([f"{path}:-:-: not a readable CSV ({error})"]) from error
-    typed, problems = validate_frame(raw, str(path), n_shapes)
+    typed, problems = validate_frame(raw if prepare is None else prepare(raw), str(path), n_shapes)
     if problems:
         raise RecipeError(problems)
     return finish(typed, n_shapes)

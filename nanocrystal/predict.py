@@ -1,0 +1,393 @@
+"""Use trained run folders: predict size, shape and failure for new recipes, with an applicability flag.
+
+Every model of a run is used: all fold checkpoints (`<fold>.pt`) and all their ensemble members. The size comes from the
+size run (`size_nm` = mean over models, `size_std` = their spread); shape probabilities and `p_failed` from the shape
+run (mean over models). Each task's heads are only trained in its own run, so a run is never asked for the other task.
+
+Applicability: in each model's own representation (`RecipeTransformer.cls_embedding`) the distance from a recipe to
+the nearest training recipe of that model's fold, divided by the model's threshold: the 99th percentile of the
+training rows' leave-one-out nearest-neighbour distances. `domain_distance` is the mean of that ratio over a run's
+models (the larger of the two runs when both are given); `in_domain` = domain_distance <= 1. The training rows are
+rebuilt from the run's config (`make_folds` + `task_rows` on the outer fold's training rows; augmented rows are not
+recipes anyone ran, so they are not part of the reference). Their embeddings are cached in the run folder
+(`applicability.npz`, keyed by a hash of the config and checkpoints).
+
+A representation can hide extrapolation (periodic embeddings of the numbers wrap around, layer norms saturate), so a
+recipe is also out of domain when a condition or an amount lies beyond every training row of the run
+(`outside_training` names those columns): in_domain = domain_distance <= 1 and nothing outside the training range.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.neighbors import NearestNeighbors
+
+from .config import Config
+from .convert import convert_file, write_csv_atomic
+from .descriptors import load_descriptors
+from .encode import Encoder, encode, unknown_substances
+from .engine import predict as model_predict
+from .recipes import (AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, LABEL_COLUMNS, NAME_COLUMNS, PRODUCT_NAME,
+                      SHAPES_FILE, UNKNOWN, RecipeError, load_dataset, load_shapes, read_table)
+from .runs import load_fold_models
+from .splits import combined_table, make_folds, task_rows
+
+CACHE_FILE = "applicability.npz"
+CACHE_VERSION = "4"  # change when the reference computation changes: old caches are then recomputed
+THRESHOLD_PERCENTILE = 99.0
+EMBED_BATCH = 2048
+WARNING_COLUMN = "warning"
+# columns predict/design write: a prediction file can be fed back as recipes
+OUTSIDE_COLUMN = "outside_training"
+OUTPUT_COLUMNS = ("product", "size_nm", "size_std", "shape", "p_failed", "domain_distance", OUTSIDE_COLUMN,
+                  "in_domain", WARNING_COLUMN, "loss")
+PROB_PREFIX = "prob_"
+
+
+class PredictError(ValueError):
+    pass
+
+
+# ---- reading recipes to predict ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Recipes:
+    table: pd.DataFrame  # recipes.finish form
+    lines: np.ndarray  # row number in the source file (CSV: file line with header = 1; xlsx: sheet row)
+    source: str
+
+
+def prepare_raw(raw: pd.DataFrame) -> pd.DataFrame:
+    """A recipe CSV as a user writes it. Label columns (Num, Y1, Y2, Y3) may be absent or empty: unknown (-1). A slot
+    whose amount and name columns are both absent is empty. ID may be absent: the file line. Prediction columns of an
+    earlier predict/design output are ignored, so its output can be read back."""
+    frame = raw.drop(columns=[c for c in raw.columns if c in OUTPUT_COLUMNS or c.startswith(PROB_PREFIX)])
+    for column in LABEL_COLUMNS:
+        values = frame[column] if column in frame.columns else pd.Series("", index=frame.index)
+        frame[column] = values.where(values.str.strip() != "", str(UNKNOWN))
+    for amount, name in zip(AMOUNT_COLUMNS, NAME_COLUMNS):
+        if amount not in frame.columns and name not in frame.columns:
+            frame[amount], frame[name] = "0", EMPTY_NAME
+    if "ID" not in frame.columns:
+        frame.insert(0, "ID", (np.arange(len(frame)) + 2).astype(str))
+    return frame
+
+
+def read_recipes(path: str | Path, shapes: list[str]) -> Recipes:
+    """The model CSV or the human-readable xlsx layout (labels optional). Raises RecipeError listing every problem."""
+    path = Path(path)
+    if path.suffix.lower() == ".xlsx":
+        result = convert_file(path, shapes, labels=False)
+        if len(result.drops):
+            raise RecipeError([f"{path}:{r.row}:{r.column}: {r.reason} ({r.value!r})"
+                               for r in result.drops.itertuples()])
+        return Recipes(result.table, result.table["ID"].to_numpy(), str(path))
+    table = read_table(path, len(shapes), prepare_raw)
+    if table.empty:
+        raise RecipeError([f"{path}:-:-: no recipes"])
+    return Recipes(table, np.arange(len(table)) + 2, str(path))
+
+
+# ---- runs ------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Reference:
+    """One model's training recipes in its own representation."""
+    neighbours: NearestNeighbors
+    threshold: float
+
+
+@dataclass
+class FoldModels:
+    name: str
+    encoder: Encoder
+    members: list[torch.nn.Module]
+    references: list[Reference]  # one per member
+
+
+@dataclass
+class Run:
+    path: Path
+    cfg: Config
+    folds: list[FoldModels]
+    low: np.ndarray  # training_range: smallest value of each condition, then of any reagent amount
+    high: np.ndarray
+
+
+def training_positions(cfg: Config, table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each fold's training rows of the run's task, in the combined table (outer folds, no augmentation)."""
+    folds = make_folds(table, cfg.split, cfg.n_folds, cfg.seed, cfg.object_name)
+    return {f.name: task_rows(table, f.train, cfg.task, cfg.use_weak, cfg.use_large, cfg.use_failures) for f in folds}
+
+
+@torch.no_grad()
+def embed(model: torch.nn.Module, table: pd.DataFrame, encoder: Encoder) -> np.ndarray:
+    batch = encode(table, encoder)
+    parts = [model.cls_embedding(batch.index(torch.arange(start, min(start + EMBED_BATCH, len(batch)))))
+             for start in range(0, len(batch), EMBED_BATCH)]
+    return torch.cat(parts).numpy()
+
+
+def training_range(train: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest and largest value of each condition, then of any reagent amount, in the training rows."""
+    amounts = train[list(AMOUNT_COLUMNS)].to_numpy(float)
+    amounts = amounts[amounts > 0]
+    conditions = train[list(CONDITION_COLUMNS)]
+    return (np.append(conditions.min().to_numpy(float), amounts.min()),
+            np.append(conditions.max().to_numpy(float), amounts.max()))
+
+
+def outside_range(table: pd.DataFrame, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """(N, conditions + amount slots) bool: the condition, or the amount of a used slot, lies beyond every training
+    row."""
+    values = table[[*CONDITION_COLUMNS, *AMOUNT_COLUMNS]].to_numpy(float)
+    n_conditions = len(CONDITION_COLUMNS)
+    repeat = [1] * n_conditions + [len(AMOUNT_COLUMNS)]  # every slot shares the amount range
+    used = np.concatenate([np.ones((len(table), n_conditions), bool), values[:, n_conditions:] > 0], axis=1)
+    return used & ((values < np.repeat(low, repeat)) | (values > np.repeat(high, repeat)))
+
+
+def outside_labels(table: pd.DataFrame, outside: np.ndarray) -> list[str]:
+    """Per row: the conditions and the substances (by name) whose values lie beyond the training range."""
+    names = np.concatenate([np.tile(np.array(CONDITION_COLUMNS, dtype=object), (len(table), 1)),
+                            table[list(NAME_COLUMNS)].to_numpy(object) + " amount"], axis=1)
+    return [", ".join(row_names[row]) for row_names, row in zip(names, outside)]
+
+
+def loo_threshold(embeddings: np.ndarray) -> float:
+    """99th percentile of the training rows' leave-one-out nearest-neighbour distances."""
+    # the second neighbour of a training row is its nearest other row (the first is itself or an exact duplicate)
+    loo = NearestNeighbors(n_neighbors=2).fit(embeddings).kneighbors(embeddings)[0][:, 1]
+    return max(float(np.percentile(loo, THRESHOLD_PERCENTILE)), 1e-12)
+
+
+def run_fingerprint(run_dir: Path, checkpoints: list[Path]) -> str:
+    digest = hashlib.sha256(CACHE_VERSION.encode())
+    for path in [run_dir / "config.json", *checkpoints]:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def load_cache(path: Path, fingerprint: str) -> dict[str, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as cache:
+            if str(cache["fingerprint"]) != fingerprint:
+                return None
+            return {k: cache[k] for k in cache.files if k != "fingerprint"}
+    except (OSError, ValueError, KeyError):  # unreadable or half-old cache: recompute
+        return None
+
+
+def save_cache(path: Path, fingerprint: str, arrays: dict[str, np.ndarray]) -> None:
+    """Atomic write; a read-only run folder just means recomputing next time."""
+    try:
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except OSError:
+        return
+    try:
+        with os.fdopen(handle, "wb") as out:
+            np.savez(out, fingerprint=np.array(fingerprint), **arrays)
+        os.replace(temp, path)
+    finally:
+        Path(temp).unlink(missing_ok=True)
+
+
+def reference_arrays(run_dir: Path, cfg: Config, loaded: dict) -> dict[str, np.ndarray]:
+    """`<fold>__<member>`: embeddings of that fold's training rows, and `<fold>__<member>__threshold`; from the cache,
+    or computed (and cached)."""
+    fingerprint = run_fingerprint(run_dir, [run_dir / f"{name}.pt" for name in loaded])
+    cache_path = run_dir / CACHE_FILE
+    cached = load_cache(cache_path, fingerprint)
+    if cached is not None:
+        return cached
+    table = combined_table(load_dataset(cfg.data_dir))
+    positions = training_positions(cfg, table)
+    low, high = training_range(table.iloc[np.unique(np.concatenate(list(positions.values())))])
+    arrays = {"range_low": low, "range_high": high}
+    for name, (encoder, members) in loaded.items():
+        if name not in positions:
+            raise PredictError(f"{run_dir / name}.pt: no fold {name!r} in the run's split")
+        train = table.iloc[positions[name]].reset_index(drop=True)
+        for k, member in enumerate(members):
+            key = f"{name}__{k}"
+            arrays[key] = embed(member, train, encoder)
+            arrays[f"{key}__threshold"] = np.array(loo_threshold(arrays[key]))
+    save_cache(cache_path, fingerprint, arrays)
+    return arrays
+
+
+def load_run(path: str | Path) -> Run:
+    """Every fold checkpoint of a run folder, with its applicability reference."""
+    run_dir = Path(path)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise PredictError(f"{run_dir}: not a run folder (no config.json)")
+    try:
+        cfg = Config.load(config_path)
+    except ValueError as error:  # a run of an older code version
+        raise PredictError(f"{config_path}: {error}") from None
+    if cfg.model != "transformer":
+        raise PredictError(f"{run_dir}: a {cfg.model} run; predict needs a transformer run (fold checkpoints)")
+    checkpoints = sorted(run_dir.glob("*.pt"))
+    if not checkpoints:
+        raise PredictError(f"{run_dir}: no fold checkpoints (*.pt); is the run finished?")
+    store = load_descriptors(cfg.feats_path)
+    loaded = {}
+    for checkpoint in checkpoints:
+        try:
+            _, encoder, members = load_fold_models(checkpoint, store)
+        except (RuntimeError, ValueError) as error:  # e.g. a checkpoint of an older code version
+            raise PredictError(f"{checkpoint}: cannot be loaded by this code: {str(error).splitlines()[0]}") from None
+        loaded[checkpoint.stem] = (encoder, members)
+    arrays = reference_arrays(run_dir, cfg, loaded)
+    folds = [FoldModels(name, encoder, members,
+                        [Reference(NearestNeighbors(n_neighbors=1).fit(arrays[f"{name}__{k}"]),
+                                   float(arrays[f"{name}__{k}__threshold"])) for k in range(len(members))])
+             for name, (encoder, members) in loaded.items()]
+    return Run(run_dir, cfg, folds, arrays["range_low"], arrays["range_high"])
+
+
+# ---- prediction ------------------------------------------------------------------------------------------------------
+
+@dataclass
+class RunOutput:
+    per_model: list[dict[str, np.ndarray]]  # engine.predict of every model (fold x member)
+    domain_distance: np.ndarray  # mean over models of nearest-training distance / threshold
+    outside: np.ndarray  # (N, conditions + amount slots) beyond the run's training range
+
+
+@torch.no_grad()
+def run_outputs(run: Run, table: pd.DataFrame) -> RunOutput:
+    per_model, ratios = [], []
+    for fold in run.folds:
+        batch = encode(table, fold.encoder)
+        for member, reference in zip(fold.members, fold.references):
+            per_model.append(model_predict(member, batch))
+            distance = reference.neighbours.kneighbors(member.cls_embedding(batch).numpy(), n_neighbors=1)[0][:, 0]
+            ratios.append(distance / reference.threshold)
+    return RunOutput(per_model, np.mean(ratios, axis=0), outside_range(table, run.low, run.high))
+
+
+def shape_column(name: str) -> str:
+    return PROB_PREFIX + name.replace(" ", "_")
+
+
+@dataclass
+class Predictor:
+    size: Run
+    shape: Run | None
+    shapes: list[str]
+
+    def encoders(self) -> list[Encoder]:
+        return [run.folds[0].encoder for run in (self.size, self.shape) if run is not None]
+
+    def unknown(self, table: pd.DataFrame) -> pd.DataFrame:
+        """One row per cell naming a substance without a descriptor: position, column, name."""
+        names = set()
+        for encoder in self.encoders():
+            names |= set(unknown_substances(table, encoder))
+        columns = list(NAME_COLUMNS) + ([PRODUCT_NAME] if any(e.use_product for e in self.encoders()) else [])
+        cells = table[columns].isin(names).to_numpy()
+        rows, cols = np.nonzero(cells)
+        return pd.DataFrame({"position": rows, "column": np.array(columns)[cols],
+                             "name": table[columns].to_numpy()[rows, cols]})
+
+    def predict(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Predictions for every row of a recipe table (recipes.finish form); unknown substances count as zeros."""
+        size = run_outputs(self.size, table)
+        sizes = np.array([p["size"] for p in size.per_model])
+        out = pd.DataFrame({"size_nm": sizes.mean(0), "size_std": sizes.std(0)}, index=table.index)
+        distance, outside = size.domain_distance, size.outside
+        if self.shape is not None:
+            shape_input = table
+            if self.shape.cfg.size_as_input:  # the shape model reads a measured size: give it the predicted one
+                shape_input = table.assign(Y1=out["size_nm"].to_numpy())
+            shape = run_outputs(self.shape, shape_input)
+            probabilities = np.mean([p["shape"] for p in shape.per_model], axis=0)
+            out["shape"] = np.array(self.shapes)[probabilities.argmax(1)]
+            for k, name in enumerate(self.shapes):
+                out[shape_column(name)] = probabilities[:, k]
+            out["p_failed"] = np.mean([p["failed"] for p in shape.per_model], axis=0)
+            distance, outside = np.maximum(distance, shape.domain_distance), outside | shape.outside
+        out["domain_distance"] = distance
+        out[OUTSIDE_COLUMN] = outside_labels(table, outside)
+        out["in_domain"] = (distance <= 1.0) & ~outside.any(1)
+        return out
+
+
+def load_predictor(size_run: str | Path, shape_run: str | Path | None = None,
+                   shapes: list[str] | None = None) -> Predictor:
+    size = load_run(size_run)
+    if size.cfg.task != "size":
+        raise PredictError(f"{size_run}: --size-run is a {size.cfg.task} run")
+    shape = load_run(shape_run) if shape_run else None
+    if shape is not None and shape.cfg.task != "shape":
+        raise PredictError(f"{shape_run}: --shape-run is a {shape.cfg.task} run")
+    if shapes is None:
+        shapes = load_shapes(Path(size.cfg.data_dir) / SHAPES_FILE)
+    return Predictor(size, shape, shapes)
+
+
+def unknown_problems(recipes: Recipes, unknown: pd.DataFrame) -> list[str]:
+    return [f"{recipes.source}:{recipes.lines[u.position]}:{u.column}: substance {u.name!r} has no descriptor "
+            f"(--allow-unknown uses zeros)" for u in unknown.sort_values("position", kind="stable").itertuples()]
+
+
+def predict_recipes(predictor: Predictor, recipes: Recipes, allow_unknown: bool = False) -> pd.DataFrame:
+    """The prediction table for a recipe file: ID, product, predictions (+ a warning column with allow_unknown).
+    Raises RecipeError naming each unknown substance and row unless allow_unknown."""
+    table = recipes.table
+    if not allow_unknown:
+        check_known(predictor, recipes)
+    out = pd.concat([pd.DataFrame({"ID": table["ID"], "product": table[PRODUCT_NAME]}), predictor.predict(table)],
+                    axis=1)
+    if allow_unknown:
+        missing = predictor.unknown(table).groupby("position")["name"].agg(lambda n: ", ".join(sorted(set(n))))
+        out[WARNING_COLUMN] = ("no descriptor (used as zeros): " + missing).reindex(out.index).fillna("")
+        out["in_domain"] &= out[WARNING_COLUMN] == ""  # a zero descriptor is no substance the model has seen
+    return out
+
+
+def check_known(predictor: Predictor, recipes: Recipes) -> None:
+    """Raise RecipeError naming each substance without a descriptor, by row and column."""
+    unknown = predictor.unknown(recipes.table)
+    if len(unknown):
+        raise RecipeError(unknown_problems(recipes, unknown))
+
+
+def save_table(frame: pd.DataFrame, path: str | Path, force: bool = False) -> None:
+    """Atomic CSV write; an existing file is replaced only if forced."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise FileExistsError(f"{path}: exists; pass --force to replace it")
+    write_csv_atomic(frame, path)
+
+
+def summary(frame: pd.DataFrame, leading: list[str] = ()) -> str:
+    """The columns a reader scans first, rounded; the CSV keeps everything."""
+    view = frame[["ID", *(["product"] if "product" in frame else []), *leading]].copy()
+    view = view.round({c: 3 for c in view.columns if c.startswith(PROB_PREFIX)})
+    view["size_nm"] = frame["size_nm"].round(2)
+    view["size_std"] = frame["size_std"].round(2)
+    if "shape" in frame:
+        probabilities = frame[[c for c in frame.columns if c.startswith(PROB_PREFIX)]].to_numpy()
+        view["shape"] = frame["shape"]
+        view["p_shape"] = probabilities.max(1).round(3)
+        view["p_failed"] = frame["p_failed"].round(3)
+    view["domain_distance"] = frame["domain_distance"].round(2)
+    view[OUTSIDE_COLUMN] = frame[OUTSIDE_COLUMN]
+    view["in_domain"] = frame["in_domain"]
+    for column in ("loss", WARNING_COLUMN):
+        if column in frame:
+            view[column] = frame[column].round(3) if column == "loss" else frame[column]
+    return view.to_string(index=False)

@@ -1,0 +1,177 @@
+"""predict and design on tiny real runs (two folds of the paper split, tiny preset), built once per session."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nanocrystal.cli import main
+from nanocrystal.config import ROOT, resolve
+from nanocrystal.design import coverage_warnings, design, parse_vary
+from nanocrystal.encode import encode
+from nanocrystal.engine import ensemble_predict
+from nanocrystal.predict import (CACHE_FILE, load_predictor, load_run, read_recipes, save_table, shape_column,
+                                 training_positions)
+from nanocrystal.runs import load_fold_models, run_experiment
+
+EXAMPLES = ROOT / "examples"
+
+
+def _tiny_run(tmp_path_factory, task: str) -> Path:
+    path = tmp_path_factory.mktemp("runs") / task
+    # seconds: two folds, one epoch; the shape run without the 5,245 failed syntheses (its failed head still exists)
+    cfg = resolve("tiny", {"task": task, "folds": [0, 1], "epochs": 1, "threads": 1, "use_failures": False,
+                           "save_path": str(path)})
+    return run_experiment(cfg)
+
+
+@pytest.fixture(scope="session")
+def size_run(tmp_path_factory) -> Path:
+    return _tiny_run(tmp_path_factory, "size")
+
+
+@pytest.fixture(scope="session")
+def shape_run(tmp_path_factory) -> Path:
+    return _tiny_run(tmp_path_factory, "shape")
+
+
+@pytest.fixture(scope="session")
+def predictor(size_run, shape_run):
+    return load_predictor(size_run, shape_run)
+
+
+@pytest.fixture(scope="session")
+def examples(predictor):
+    return read_recipes(EXAMPLES / "recipes.csv", predictor.shapes)
+
+
+def _fold_means(run: Path, table: pd.DataFrame, descriptors) -> dict[str, np.ndarray]:
+    per_fold = []
+    for fold in ("fold0", "fold1"):
+        _, encoder, members = load_fold_models(run / f"{fold}.pt", descriptors)
+        per_fold.append(ensemble_predict(members, encode(table, encoder)))
+    return {k: np.mean([p[k] for p in per_fold], axis=0) for k in ("size", "shape", "failed")} | {
+        "fold0_size": per_fold[0]["size"]}
+
+
+def test_ensemble_is_the_mean_of_the_fold_models(predictor, examples, size_run, shape_run, descriptors):
+    table = examples.table
+    prediction = predictor.predict(table)
+    size = _fold_means(size_run, table, descriptors)
+    shape = _fold_means(shape_run, table, descriptors)
+    assert not np.allclose(size["size"], size["fold0_size"])  # the folds differ: the mean is not one fold's answer
+    np.testing.assert_allclose(prediction["size_nm"], size["size"], rtol=1e-6)
+    np.testing.assert_allclose(prediction["size_std"], np.abs(size["size"] - size["fold0_size"]), rtol=1e-4)
+    probabilities = prediction[[shape_column(n) for n in predictor.shapes]].to_numpy()
+    np.testing.assert_allclose(probabilities, shape["shape"], rtol=1e-6)
+    np.testing.assert_allclose(prediction["p_failed"], shape["failed"], rtol=1e-6)
+    assert (prediction["shape"] == np.array(predictor.shapes)[shape["shape"].argmax(1)]).all()
+
+
+def test_example_file_reads_without_labels(examples):
+    table = examples.table
+    assert len(table) == 6 and table["ID"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert (table[["Num", "Y1", "Y2", "Y3"]] == -1).all().all() and not table["failed"].any()
+    assert table.loc[0, ["A2", "A1", "G2", "G1"]].tolist() == ["PbO", 2.0, "PlaceHolder", 0.0]
+
+
+def test_applicability_flag(predictor, table):
+    """A recipe every fold trained on is in domain; 10,000 °C or 10^7 mmol is not, and the column is named."""
+    positions = training_positions(predictor.size.cfg, table)
+    shared = np.intersect1d(positions["fold0"], positions["fold1"])
+    recipe = table.iloc[[shared[0]]].reset_index(drop=True)
+    slot = "A1"
+    absurd = pd.concat([recipe, recipe.assign(Temperature2=10_000.0), recipe.assign(**{slot: 1e7})],
+                       ignore_index=True)
+    prediction = predictor.predict(absurd)
+    assert prediction["in_domain"].tolist() == [True, False, False]
+    assert prediction.loc[0, "domain_distance"] < 1e-3  # its own training row is its nearest neighbour
+    assert prediction["outside_training"].tolist() == ["", "Temperature2", f"{recipe.loc[0, 'A2']} amount"]
+
+
+def test_cache_is_written_and_reused(size_run, predictor, examples):
+    assert (size_run / CACHE_FILE).is_file()
+    again = load_run(size_run)
+    for fold, cached in zip(predictor.size.folds, again.folds):
+        assert [r.threshold for r in fold.references] == [r.threshold for r in cached.references]
+
+
+def test_design_stays_in_ranges_and_repeats_with_the_seed(predictor, tmp_path):
+    template = read_recipes(EXAMPLES / "template_pbse.csv", predictor.shapes).table
+    ranges = parse_vary(["Temperature2=120:220", "Time=1:30", "OA=5:40"], template.iloc[0])
+    first = design(predictor, template, 8.0, ranges, "sphere", top=5, trials=48, seed=3)
+    table = first.table
+    assert len(table) == 5 and first.evaluated == 48
+    assert table["Temperature2"].between(120, 220).all() and table["Time"].between(1, 30).all()
+    assert table["F1"].between(5, 40).all() and (table["F2"] == "OA").all()
+    fixed = ["Temperature1", "Speed", "A1", "B1", "C1", "D1", "E1", "A2", "T2"]
+    assert (table[fixed] == template[fixed].iloc[0]).all().all()  # nothing outside --vary changes
+    assert table["loss"].is_monotonic_increasing
+    save_table(table, tmp_path / "design.csv")  # the design CSV reads back as recipes with the same predictions
+    again = predictor.predict(read_recipes(tmp_path / "design.csv", predictor.shapes).table)
+    np.testing.assert_allclose(again["size_nm"], table["size_nm"], rtol=1e-6)
+    assert first.warnings == []  # 120-220 °C, 1-30 min, 5-40 mmol OA: within the PbSe training recipes
+    wide = parse_vary(["Temperature2=100:300"], template.iloc[0])
+    assert coverage_warnings(predictor, "PbSe", wide) == [
+        "Temperature2: range 100..300 reaches beyond the training recipes of PbSe (30..240)"]
+    pd.testing.assert_frame_equal(table, design(predictor, template, 8.0, ranges, "sphere", 5, 48, seed=3).table)
+    other = design(predictor, template, 8.0, ranges, "sphere", 5, 48, seed=4).table
+    assert not table[["Temperature2", "Time", "F1"]].equals(other[["Temperature2", "Time", "F1"]])
+
+
+def test_predict_cli_prints_and_writes(size_run, shape_run, tmp_path, capsys):
+    out = tmp_path / "pred.csv"
+    args = ["predict", "--size-run", str(size_run), "--shape-run", str(shape_run), str(EXAMPLES / "recipes.csv"),
+            "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "size_nm" in printed and "in_domain" in printed and "CdSe-1" in printed
+    written = pd.read_csv(out)
+    assert written["ID"].tolist() == [1, 2, 3, 4, 5, 6] and {"p_failed", "prob_sphere"} <= set(written.columns)
+    assert main(args) == 2 and "exists; pass --force" in capsys.readouterr().err  # never replaced silently
+
+
+def test_unknown_substance_exits_2_naming_it(size_run, tmp_path, capsys):
+    recipes = pd.read_csv(EXAMPLES / "recipes.csv", dtype=str, keep_default_na=False)
+    recipes.loc[2, "B2"] = "Unobtainium"
+    path = tmp_path / "unknown.csv"
+    recipes.to_csv(path, index=False)
+    assert main(["predict", "--size-run", str(size_run), str(path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"{path}:4:B2: substance 'Unobtainium' has no descriptor (--allow-unknown uses zeros)"]
+    out = tmp_path / "pred.csv"
+    assert main(["predict", "--size-run", str(size_run), str(path), "--allow-unknown", "--out", str(out)]) == 0
+    written = pd.read_csv(out, keep_default_na=False)
+    assert written["warning"].tolist() == ["", "", "no descriptor (used as zeros): Unobtainium", "", "", ""]
+    assert not written.loc[2, "in_domain"]  # a zero descriptor is no substance the model has seen
+
+
+def test_xlsx_recipes_without_labels(predictor, sheet, tmp_path):
+    """The human-readable layout without the label columns reads as recipes with unknown labels."""
+    path = tmp_path / "recipes.xlsx"
+    sheet.head(3).drop(columns=["D/nm", "Size distribution/%", "shape", "Number of statistics"]).to_excel(
+        path, index=False)
+    recipes = read_recipes(path, predictor.shapes)
+    assert recipes.table["ID"].tolist() == [2, 3, 4] and (recipes.table["Y1"] == -1).all()
+    assert len(predictor.predict(recipes.table)) == 3
+
+
+def test_design_cli_rejects_a_bad_range(size_run, capsys):
+    args = ["design", "--size-run", str(size_run), "--template", str(EXAMPLES / "template_pbse.csv"),
+            "--target-size", "8", "--vary", "Temperature2=220:120", "Gold=1:2"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "--vary 'Temperature2=220:120': need -273.15 <= LOW < HIGH",
+        "--vary 'Gold=1:2': 'Gold' is neither a condition (Temperature1, Temperature2, Speed, Time) nor a substance "
+        "of the template"]
+
+
+def test_design_beyond_the_training_data_is_flagged(predictor):
+    template = read_recipes(EXAMPLES / "template_pbse.csv", predictor.shapes).table
+    result = design(predictor, template, 8.0, parse_vary(["Temperature2=500:900"], template.iloc[0]), top=3, trials=32)
+    assert (~result.table["in_domain"]).all() and (result.table["outside_training"] == "Temperature2").all()
+    assert result.table["Temperature2"].between(500, 900).all()
+    assert result.warnings == ["Temperature2: range 500..900 reaches beyond the training recipes of PbSe (30..240)",
+                               "3 of the 3 candidates are out of domain: their predictions are extrapolations"]
