@@ -131,6 +131,19 @@ def cmd_design(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import ReportError, report
+
+    try:
+        report(args.runs, Path(args.out), Path(args.assets), Path(args.shapes), Path(args.paper_predictions),
+               Path(args.readme) if args.readme else None)
+    except ReportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out} (figures in {args.assets})")
+    return 0
+
+
 def config_parser() -> argparse.ArgumentParser:
     """One flag per Config field (same name, same type); a flag not given keeps the preset's or config file's value."""
     import dataclasses
@@ -233,6 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     design.add_argument("--out", default=None, help="CSV to write: model columns + predictions")
     design.add_argument("--force", action="store_true", help="replace OUT if it exists")
     design.set_defaults(handler=cmd_design)
+
+    report = commands.add_parser("report", help="comparison tables and figures from run folders (metrics.json)")
+    report.add_argument("runs", nargs="+", help="run folders, e.g. runs/*")
+    report.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
+    report.add_argument("--assets", default=str(ROOT / "assets"), help="folder for the PNG figures")
+    report.add_argument("--readme", default=None,
+                        help="also replace the block between <!-- results:begin --> and <!-- results:end --> here")
+    report.add_argument("--shapes", default=str(ROOT / "data" / "shapes_list.txt"))
+    report.add_argument("--paper-predictions", default=str(ROOT / "data" / "source" / "size prediciton.csv"),
+                        help="the paper's out-of-fold size predictions (true,pred), drawn beside ours")
+    report.set_defaults(handler=cmd_report)
     return parser
 
 

@@ -279,6 +279,14 @@ def run_experiment(cfg: Config, command: str = "") -> Path:
     return run_dir
 
 
+def selection_note(cfg: Config) -> str:
+    if cfg.inner_val_frac:
+        return "scored on an inner validation part of the training rows (tuning run)"
+    if cfg.model in NEURAL_MODELS:
+        return "fixed schedule chosen on inner validation (no selection on the held-out fold)"
+    return "hyper-parameters by inner cross-validation on the fold's training rows"
+
+
 def finish_run(cfg: Config, run_dir: Path, folds: list[Fold], logger, command: str, wall_s: float) -> dict:
     records = [json.loads((run_dir / f"{f.name}.json").read_text()) for f in folds]
     names = primary_metrics(cfg)
@@ -287,8 +295,7 @@ def finish_run(cfg: Config, run_dir: Path, folds: list[Fold], logger, command: s
         "task": cfg.task, "model": cfg.model, "split": "lopo" if cfg.object_name else cfg.split,
         "object_name": cfg.object_name, "preset": cfg.preset, "seed": cfg.seed,
         "scored_on": records[0]["scored_on"],
-        "selection": "inner validation split of the training rows" if cfg.inner_val_frac
-        else "fixed schedule (no selection on the held-out fold)",
+        "selection": selection_note(cfg),
         "mean": mean_metrics(per_fold, names), "per_fold": per_fold,
         "wall_s": wall_s, "fold_wall_s": float(sum(r["wall_s"] for r in records)),
         "command": command,

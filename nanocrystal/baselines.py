@@ -1,0 +1,223 @@
+"""Tree baselines (decision tree, random forest, HistGradientBoosting, LightGBM) on the fixed-length recipe vector.
+
+`fit_tree_fold` is what `runs.run_fold` calls for `--model dt|rf|hgb|lgbm`: same folds, pools and run folder as the
+transformer. Selection is honest: every (hyper-parameters, weak-row weight) candidate of the small grids below is scored
+by a 3-fold inner cross-validation over the fold's *training* rows (grouped by recipe series for the grouped split, by
+product for leave-one-product-out), the best one is refitted on all training rows, and the held-out fold is predicted
+once. Weak rows (Num < 300) keep their label; for size they get a lower sample weight, chosen with the rest. Failures,
+when the fold's training rows hold them (shape task with use_failures), are one more class whose probability becomes
+`failed`; without them `failed` is NaN (not modelled).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+from typing import Any, Iterator
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import (HistGradientBoostingClassifier, HistGradientBoostingRegressor, RandomForestClassifier,
+                              RandomForestRegressor)
+from sklearn.model_selection import GroupKFold
+from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+from threadpoolctl import threadpool_limits
+
+from .config import Config
+from .descriptors import DescriptorStore
+from .features import RecipeFeaturizer
+from .metrics import shape_metrics, size_metrics
+from .recipes import PRODUCT_NAME, has_size, series_keys
+
+TREE_MODELS = ("dt", "rf", "hgb", "lgbm")
+INNER_FOLDS = 3
+
+# Sample weight of a weak row (a solid row weighs 1), per task. Size: part of the grid, since weak size labels are
+# noisy (few particles counted) but plentiful. Shape: 1, as in the transformer's shape loss; the particle count
+# concerns the size statistics, not the shape seen on the micrographs.
+WEAK_WEIGHTS: dict[str, tuple[float, ...]] = {"size": (0.1, 0.3, 1.0), "shape": (1.0,)}
+
+# Grids tried in full (x WEAK_WEIGHTS), kept small so that a 5-fold run takes minutes on one core per fold. The fixed
+# values were set beforehand by the same kind of inner cross-validation on training rows (never the held-out folds):
+# for size, deep trees (small leaves) matter most, because many validation recipes have a training sibling that
+# differs only in temperature or time.
+GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {  # task -> model -> candidates
+    "size": {"dt": [dict(min_samples_leaf=1), dict(min_samples_leaf=3), dict(min_samples_leaf=10)],
+             "rf": [{}], "hgb": [{}], "lgbm": [{}]},
+    "shape": {"dt": [dict(min_samples_leaf=1), dict(min_samples_leaf=3), dict(min_samples_leaf=10)],
+              "rf": [dict(max_features="sqrt"), dict(max_features=0.33)],
+              "hgb": [dict(max_leaf_nodes=15), dict(max_leaf_nodes=31)],
+              "lgbm": [dict(num_leaves=15), dict(num_leaves=31)]},
+}
+FIXED: dict[str, dict[str, dict[str, Any]]] = {  # task -> model -> fixed parameters
+    "size": {"dt": {}, "rf": dict(n_estimators=100, max_features=0.33),
+             "hgb": dict(max_iter=100, learning_rate=0.1, max_leaf_nodes=31, min_samples_leaf=3, max_features=0.3,
+                         l2_regularization=1.0),
+             "lgbm": dict(n_estimators=300, learning_rate=0.08, num_leaves=63, min_child_samples=3,
+                          colsample_bytree=0.3, verbose=-1)},
+    # Multiclass boosting grows one tree per class per round: fewer rounds for shape. The L2 penalty keeps
+    # HistGradientBoosting's multiclass leaves finite (without it, training accuracy collapsed to 0.3 on one fold).
+    "shape": {"dt": {}, "rf": dict(n_estimators=100),
+              "hgb": dict(max_iter=40, learning_rate=0.15, min_samples_leaf=5, max_features=0.3,
+                          l2_regularization=1.0),
+              "lgbm": dict(n_estimators=60, learning_rate=0.15, min_child_samples=5, colsample_bytree=0.3,
+                           verbose=-1)},
+}
+_ESTIMATORS = {
+    ("dt", "size"): DecisionTreeRegressor, ("dt", "shape"): DecisionTreeClassifier,
+    ("rf", "size"): RandomForestRegressor, ("rf", "shape"): RandomForestClassifier,
+    ("hgb", "size"): HistGradientBoostingRegressor, ("hgb", "shape"): HistGradientBoostingClassifier,
+    ("lgbm", "size"): lgb.LGBMRegressor, ("lgbm", "shape"): lgb.LGBMClassifier,
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    params: dict[str, Any]
+    weak_weight: float
+
+
+def candidates(model: str, task: str) -> list[Candidate]:
+    return [Candidate(p, w) for p, w in product(GRIDS[task][model], WEAK_WEIGHTS[task])]
+
+
+def make_estimator(model: str, task: str, params: dict[str, Any], seed: int, n_jobs: int):
+    if (model, task) not in _ESTIMATORS:
+        raise ValueError(f"unknown tree model {model!r} or task {task!r}; models: {', '.join(TREE_MODELS)}")
+    values = {**FIXED[task][model], **params, "random_state": seed}
+    if model in ("rf", "lgbm"):
+        values["n_jobs"] = n_jobs
+    return _ESTIMATORS[model, task](**values)
+
+
+def featurizer(cfg: Config, store: DescriptorStore) -> RecipeFeaturizer:
+    return RecipeFeaturizer(store, cfg.descriptor_pca, cfg.substance_columns, cfg.use_product, cfg.size_as_input,
+                            cfg.seed)
+
+
+def n_threads(cfg: Config) -> int:
+    # One thread unless asked: OpenMP/BLAS threads fighting over shared cores cost 10-100x here.
+    return cfg.threads if cfg.threads > 0 else 1
+
+
+# ---- targets and scores ---------------------------------------------------------------------------------------------
+
+def targets(task: str, rows: pd.DataFrame) -> np.ndarray:
+    """Size in nm, or the shape index (failures = n_shapes, one more class)."""
+    return rows["Y1"].to_numpy(float) if task == "size" else rows["Y3"].to_numpy(int)
+
+
+def predict(task: str, estimator, features: np.ndarray, n_shapes: int) -> dict[str, np.ndarray]:
+    """Size: {"size"}. Shape: {"shape": (n, n_shapes) probabilities over the shapes, "failed": P(failed) or NaN when
+    the model saw no failure}."""
+    if task == "size":
+        return {"size": estimator.predict(features)}
+    proba = np.zeros((len(features), n_shapes + 1))
+    proba[:, estimator.classes_] = estimator.predict_proba(features)
+    shapes = proba[:, :n_shapes]
+    total = shapes.sum(axis=1, keepdims=True)
+    failed = proba[:, n_shapes] if n_shapes in estimator.classes_ else np.full(len(features), np.nan)
+    return {"shape": np.divide(shapes, total, out=np.full_like(shapes, 1 / n_shapes), where=total > 0),
+            "failed": failed}
+
+
+def inner_score(task: str, rows: pd.DataFrame, prediction: dict[str, np.ndarray]) -> float:
+    """Lower is better: MAE for size, 1 - accuracy for shape."""
+    truth = targets(task, rows)
+    if task == "size":
+        return size_metrics(truth, prediction["size"])["mae"]
+    return 1.0 - shape_metrics(truth, prediction["shape"].argmax(axis=1), prediction["shape"].shape[1])["accuracy"]
+
+
+# ---- inner cross-validation -----------------------------------------------------------------------------------------
+
+def inner_pool(cfg: Config, train: pd.DataFrame, weak: np.ndarray) -> np.ndarray:
+    """Training rows like the outer validation rows: solid with 0 < size <= 20 (any Num with a size for
+    leave-one-product-out, whose validation rows are)."""
+    like = has_size(train).to_numpy() & ~train["failed"].to_numpy()
+    return like if cfg.object_name else like & ~weak
+
+
+def inner_groups(cfg: Config, train: pd.DataFrame) -> np.ndarray:
+    """What must not straddle inner training and validation, as in the outer split."""
+    if cfg.object_name:
+        return train[PRODUCT_NAME].to_numpy(object)
+    if cfg.split == "grouped":
+        return series_keys(train).to_numpy(object)
+    return np.arange(len(train))
+
+
+def inner_splits(cfg: Config, train: pd.DataFrame, weak: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(fit rows, score rows) positions into `train`; every row of a scored group leaves the fit rows."""
+    pool = np.flatnonzero(inner_pool(cfg, train, weak))
+    groups = inner_groups(cfg, train)
+    n_splits = min(INNER_FOLDS, len(np.unique(groups[pool])))
+    if n_splits < 2:
+        raise ValueError(f"inner validation needs 2 groups of training rows like the validation rows, got {n_splits}")
+    splitter = GroupKFold(n_splits=n_splits, shuffle=True, random_state=cfg.seed)
+    for _, scored in splitter.split(pool, groups=groups[pool]):
+        held_out = np.isin(groups, np.unique(groups[pool[scored]]))
+        yield np.flatnonzero(~held_out), pool[scored]
+
+
+def fit_predict(cfg: Config, store: DescriptorStore, train: pd.DataFrame, weak: np.ndarray, tests: list[pd.DataFrame],
+                choices: list[Candidate], n_shapes: int) -> list[list[dict[str, np.ndarray]]]:
+    """Featurize once (fitted on `train` only), then for each candidate fit and predict every table of `tests`."""
+    features = featurizer(cfg, store).fit(train)
+    x_train = features.transform(train)
+    x_tests = [features.transform(t) for t in tests]
+    y_train = targets(cfg.task, train)
+    results = []
+    for choice in choices:
+        estimator = make_estimator(cfg.model, cfg.task, choice.params, cfg.seed, n_threads(cfg))
+        # no weights at all when every row weighs 1: HistGradientBoosting is 2-3x slower with them
+        weights = None if choice.weak_weight == 1.0 else np.where(weak, choice.weak_weight, 1.0)
+        estimator.fit(x_train, y_train, sample_weight=weights)
+        results.append([predict(cfg.task, estimator, x, n_shapes) for x in x_tests])
+    return results
+
+
+def select(cfg: Config, store: DescriptorStore, train: pd.DataFrame, weak: np.ndarray,
+           n_shapes: int) -> tuple[Candidate, list[dict[str, Any]]]:
+    """The candidate with the best mean inner score, and every candidate's scores."""
+    choices = candidates(cfg.model, cfg.task)
+    scores = np.zeros((len(choices), 0))
+    for fit_rows, scored_rows in inner_splits(cfg, train, weak):
+        scored = train.iloc[scored_rows]
+        predictions = fit_predict(cfg, store, train.iloc[fit_rows], weak[fit_rows], [scored], choices, n_shapes)
+        fold_scores = [inner_score(cfg.task, scored, p[0]) for p in predictions]
+        scores = np.column_stack([scores, fold_scores])
+    means = scores.mean(axis=1)
+    table = [{"params": c.params, "weak_weight": c.weak_weight, "inner_score": float(m)} for c, m in zip(choices, means)]
+    return choices[int(np.argmin(means))], table
+
+
+def selection_summary(model: str, task: str) -> str:
+    """One line for metrics.json: how a tree run chose its hyper-parameters."""
+    grid = GRIDS[task][model]
+    axes = [f"{k} in {[g[k] for g in grid]}" for k in grid[0]]
+    weights = WEAK_WEIGHTS[task]
+    axes += [f"weak-row weight in {list(weights)}"] if len(weights) > 1 else []
+    chosen = f"grid ({' x '.join(axes)})" if axes else "nothing to choose (fixed parameters)"
+    return f"{chosen} by {INNER_FOLDS}-fold inner CV on each fold's training rows; refit on all of them"
+
+
+def fit_tree_fold(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> dict[str, Any]:
+    """One outer fold: choose on inner validation of `data.train`, refit on all of it, predict `data.valid` once.
+    `data` is a runs.FoldData (train, valid, train_weak). Returns the prediction dict of `runs.score` plus
+    `selection` (the chosen candidate, the inner metric and every candidate's inner score)."""
+    if cfg.augmented:
+        # augmented rows lose their source ID in FoldData, so the inner split could not keep a row and its copies apart
+        raise ValueError("tree baselines do not take augmented rows (--augmented); run them on the original rows")
+    weak = np.asarray(data.train_weak, dtype=bool)
+    with threadpool_limits(limits=n_threads(cfg)):
+        best, table = select(cfg, store, data.train, weak, n_shapes)
+        prediction = fit_predict(cfg, store, data.train, weak, [data.valid], [best], n_shapes)[0][0]
+    prediction["selection"] = {
+        "summary": selection_summary(cfg.model, cfg.task),
+        "inner_metric": "1 - accuracy" if cfg.task == "shape" else "mae",
+        "params": {**FIXED[cfg.task][cfg.model], **best.params},
+        "weak_weight": best.weak_weight,
+        "candidates": table,
+    }
+    return prediction

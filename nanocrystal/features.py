@@ -1,0 +1,144 @@
+"""A fixed-length recipe vector for classic models (trees, gradient boosting), fitted sklearn-style on training rows.
+
+Columns: conditions, per-slot log amounts (slots A..J; K..M are always empty), per-slot descriptors reduced by a PCA,
+an amount-weighted mean descriptor (own PCA), the product descriptor (own PCA), the log amount of each of the most
+frequent training substances (a slot-order-free view: OA may sit in slot C of one recipe and F of the next), the number
+of substances and the total amount. Every PCA and the substance list see the training rows only; unknown names become
+zero vectors and are counted in `missing_`.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+from sklearn.decomposition import PCA
+from sklearn.exceptions import NotFittedError
+from threadpoolctl import threadpool_limits
+
+from .descriptors import DescriptorStore
+from .recipes import AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, NAME_COLUMNS, PRODUCT_NAME, SLOTS
+
+USED_SLOTS = SLOTS[:10]  # A..J: K..M are empty in every upstream file
+USED_AMOUNTS = list(AMOUNT_COLUMNS[:len(USED_SLOTS)])
+USED_NAMES = list(NAME_COLUMNS[:len(USED_SLOTS)])
+
+
+def name_descriptors(store: DescriptorStore, names: np.ndarray) -> np.ndarray:
+    """One descriptor row per name; zeros for PlaceHolder and for names without a descriptor (upstream does the same;
+    `RecipeFeaturizer.missing_` counts them)."""
+    zeros = np.zeros(store.dim, np.float32)
+    return np.stack([store.get(name) if name in store else zeros for name in names]).astype(np.float64)
+
+
+def _pca(n_components: int, samples: np.ndarray, seed: int) -> PCA:
+    # Never more components than the training rows support; the column count stays n_components (zero padded).
+    n = max(1, min(n_components, samples.shape[0], samples.shape[1]))
+    # exact and fast for 512 columns; one BLAS thread: on shared cores threads fighting over a 512x512 eigh took 12 s
+    with threadpool_limits(limits=1, user_api="blas"):
+        return PCA(n_components=n, svd_solver="covariance_eigh", random_state=seed).fit(samples)
+
+
+def _project(pca: PCA, vectors: np.ndarray, width: int) -> np.ndarray:
+    out = np.zeros((vectors.shape[0], width))
+    out[:, :pca.n_components_] = pca.transform(vectors)
+    return out
+
+
+class RecipeFeaturizer:
+    """fit(train_table) learns the PCAs from training rows only; transform(table) returns a float matrix whose
+    columns are named in `feature_names_`."""
+
+    def __init__(self, store: DescriptorStore, n_components: int = 8, n_substances: int = 0, use_product: bool = True,
+                 size_as_input: bool = False, seed: int = 0):
+        if n_components < 1:
+            raise ValueError(f"n_components must be >= 1, got {n_components}")
+        self.store = store
+        self.n_components = n_components
+        self.n_substances = n_substances
+        self.use_product = use_product
+        self.size_as_input = size_as_input
+        self.seed = seed
+        self.missing_: dict[str, Counter] = {}  # names without a descriptor in the last transform, by role
+        self.slot_pca_: Optional[PCA] = None
+
+    # ---- pieces shared by fit and transform -------------------------------------------------------------------
+
+    def _vocabulary(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct slot names of `table` and each slot's index into them."""
+        names = table[USED_NAMES].to_numpy(dtype=object)
+        codes, vocabulary = pd.factorize(names.ravel())
+        return np.asarray(vocabulary, dtype=object), codes.reshape(names.shape)
+
+    def _weighted_mean(self, table: pd.DataFrame) -> np.ndarray:
+        """Amount-weighted mean of the 512-d slot descriptors (mole fractions as weights), one row per recipe."""
+        vocabulary, codes = self._vocabulary(table)
+        vectors = name_descriptors(self.store, vocabulary)
+        amounts = table[USED_AMOUNTS].to_numpy(dtype=np.float64)
+        total = amounts.sum(axis=1, keepdims=True)
+        fractions = np.divide(amounts, total, out=np.zeros_like(amounts), where=total > 0)
+        rows = np.repeat(np.arange(len(table)), len(USED_NAMES))
+        weights = sparse.csr_matrix((fractions.ravel(), (rows, codes.ravel())), shape=(len(table), len(vocabulary)))
+        return np.asarray(weights @ vectors)
+
+    def _products(self, table: pd.DataFrame) -> np.ndarray:
+        codes, vocabulary = pd.factorize(table[PRODUCT_NAME])
+        return name_descriptors(self.store, vocabulary)[codes]
+
+    # ---- sklearn-style API ------------------------------------------------------------------------------------
+
+    def fit(self, train: pd.DataFrame) -> "RecipeFeaturizer":
+        if len(train) == 0:
+            raise ValueError("cannot fit the featurizer on zero training rows")
+        vocabulary, _ = self._vocabulary(train)
+        reagents = vocabulary[vocabulary != EMPTY_NAME]  # each distinct substance of the training rows once
+        counts = pd.Series(train[USED_NAMES].to_numpy(dtype=object).ravel()).value_counts()
+        self.substances_ = [n for n in counts.index if n != EMPTY_NAME][:self.n_substances]
+        self.slot_pca_ = _pca(self.n_components, name_descriptors(self.store, reagents), self.seed)
+        self.mean_pca_ = _pca(self.n_components, self._weighted_mean(train), self.seed)
+        if self.use_product:
+            products = train[PRODUCT_NAME].unique()
+            products = products[products != EMPTY_NAME]
+            self.product_pca_ = _pca(self.n_components, name_descriptors(self.store, products), self.seed)
+        self.feature_names_ = self._names()
+        return self
+
+    def _names(self) -> list[str]:
+        k = range(self.n_components)
+        names = [*CONDITION_COLUMNS, "log_time"]
+        names += ["size_input"] if self.size_as_input else []
+        names += [f"log_amount_{s}" for s in USED_SLOTS]
+        names += [f"desc_{s}_{i}" for s in USED_SLOTS for i in k]
+        names += [f"mean_desc_{i}" for i in k]
+        names += [f"product_desc_{i}" for i in k] if self.use_product else []
+        names += [f"log_amount[{n}]" for n in self.substances_]
+        return names + ["n_substances", "log_total_amount"]
+
+    def transform(self, table: pd.DataFrame) -> np.ndarray:
+        if self.slot_pca_ is None:
+            raise NotFittedError("RecipeFeaturizer.transform called before fit")
+        self.missing_ = self.store.coverage(table)
+        conditions = table[list(CONDITION_COLUMNS)].to_numpy(dtype=np.float64)
+        parts = [conditions, np.log1p(conditions[:, [3]])]
+        if self.size_as_input:
+            size = table["Y1"].to_numpy(dtype=np.float64)
+            parts.append(np.where(size > 0, size, np.nan)[:, None])  # unknown size: missing, trees handle NaN
+        amounts = table[USED_AMOUNTS].to_numpy(dtype=np.float64)
+        parts.append(np.log1p(amounts))
+        vocabulary, codes = self._vocabulary(table)
+        projected = _project(self.slot_pca_, name_descriptors(self.store, vocabulary), self.n_components)
+        projected[vocabulary == EMPTY_NAME] = 0.0  # an empty slot carries no descriptor
+        parts.append(projected[codes].reshape(len(table), -1))
+        parts.append(_project(self.mean_pca_, self._weighted_mean(table), self.n_components))
+        if self.use_product:
+            parts.append(_project(self.product_pca_, self._products(table), self.n_components))
+        names = table[USED_NAMES].to_numpy(dtype=object)
+        parts += [np.log1p(np.where(names == n, amounts, 0.0).sum(axis=1, keepdims=True)) for n in self.substances_]
+        parts.append((amounts > 0).sum(axis=1, keepdims=True))
+        parts.append(np.log1p(amounts.sum(axis=1, keepdims=True)))
+        return np.hstack(parts)
+
+    def fit_transform(self, train: pd.DataFrame) -> np.ndarray:
+        return self.fit(train).transform(train)

@@ -1,0 +1,314 @@
+"""Comparison tables and figures from run folders' metrics.json, with the paper's figures in their own column.
+
+`python -m nanocrystal report RUN_DIR... [--out docs/results.md] [--assets assets] [--readme README.md]` writes a
+markdown report (and, with --readme, the block between README's results markers) plus PNG figures. Everything is
+derived from the run folders and the paper's published numbers, so it regenerates; every file is written atomically.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+
+from .metrics import SIZE_METRICS  # noqa: E402
+from .runs import write_atomic, write_text  # noqa: E402
+
+# The paper's figures (arXiv 2412.10838): 5-fold paper split, seed 0; leave-one-product-out with pretrain + finetune.
+PAPER_SIZE = {"transformer": {"mae": 1.3995, "r2": 0.7198}, "dt": {"mae": 2.0495}, "rf": {"mae": 1.6307},
+              "mlp": {"mae": 3.3697}, "lstm": {"mae": 1.5570}}
+PAPER_SHAPE_ACCURACY = {"transformer": 0.893}  # with the measured size as an input
+PAPER_LOPO_MAE = {"PbSe": 2.6522, "Ag2S": 3.1903, "Ni": 2.0056, "Cs2NaBiCl6": 1.4805}
+MODEL_NAMES = {"transformer": "Transformer", "dt": "Decision tree", "rf": "Random forest",
+               "hgb": "HistGradientBoosting", "lgbm": "LightGBM", "mlp": "DNN (MLP)", "lstm": "LSTM"}
+README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+class ReportError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    metrics: dict
+    config: dict  # config.json when the folder has one, else {}
+
+    @property
+    def label(self) -> str:
+        name = MODEL_NAMES.get(self.metrics["model"], self.metrics["model"])
+        extras = []
+        if self.metrics["task"] == "shape":
+            extras.append("measured size given" if self.config.get("size_as_input") else "recipe only")
+        if self.config.get("augmented"):
+            extras.append("augmented")
+        return name + (f" ({', '.join(extras)})" if extras else "")
+
+
+def load_run(path: str | Path) -> Run:
+    path = Path(path)
+    metrics_path = path / "metrics.json"
+    if not metrics_path.is_file():
+        raise ReportError(f"{metrics_path}: no such file (an unfinished run? finish it with --resume)")
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ReportError(f"{metrics_path}: not JSON ({error})") from None
+    missing = [k for k in ("task", "model", "split", "mean", "per_fold") if k not in metrics]
+    if missing:
+        raise ReportError(f"{metrics_path}: missing keys {', '.join(missing)}")
+    config_path = path / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    return Run(path, metrics, config)
+
+
+# ---- tables ----------------------------------------------------------------------------------------------------------
+
+def _number(value: Optional[float], digits: int = 4) -> str:
+    return "" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _provenance(run: Run) -> list[str]:
+    """How the figure was chosen, the command that made it, and its wall time."""
+    wall = run.metrics.get("wall_s")
+    return [run.metrics.get("selection", "not stated"), f"`{run.metrics.get('command') or run.path.name}`",
+            "" if wall is None else f"{wall / 60:.1f} min"]
+
+
+PROVENANCE = ["selection", "command", "wall"]
+
+
+def _order(runs: list[Run], key: str) -> list[Run]:
+    """Paper split first, then by the table's main score (best first), then by folder name: a stable order."""
+    sign = 1 if key != "accuracy" else -1
+    return sorted(runs, key=lambda r: (r.metrics["split"] != "paper", r.metrics["split"],
+                                       sign * r.metrics["mean"].get(key, np.inf), str(r.path)))
+
+
+def size_table(runs: list[Run]) -> str:
+    rows = []
+    for run in _order([r for r in runs if r.metrics["task"] == "size" and r.metrics["split"] != "lopo"], "mae"):
+        mean = run.metrics["mean"]
+        paper = PAPER_SIZE.get(run.metrics["model"], {}) if run.metrics["split"] == "paper" else {}
+        rows.append([run.label, run.metrics["split"], *[_number(mean.get(m)) for m in SIZE_METRICS],
+                     _number(paper.get("mae")), _number(paper.get("r2")), *_provenance(run)])
+    header = ["model", "split", "MAE (nm)", "MSE", "RMSE (nm)", "MAPE", "R²", "paper MAE", "paper R²", *PROVENANCE]
+    return _markdown(header, rows)
+
+
+def shape_table(runs: list[Run]) -> str:
+    rows = []
+    for run in _order([r for r in runs if r.metrics["task"] == "shape" and r.metrics["split"] != "lopo"], "accuracy"):
+        mean = run.metrics["mean"]
+        comparable = run.metrics["split"] == "paper" and run.config.get("size_as_input")
+        paper = PAPER_SHAPE_ACCURACY.get(run.metrics["model"]) if comparable else None
+        rows.append([run.label, run.metrics["split"], _number(mean.get("accuracy")), _number(mean.get("f1")),
+                     _number(paper), *_provenance(run)])
+    return _markdown(["model", "split", "accuracy", "weighted F1", "paper accuracy", *PROVENANCE], rows)
+
+
+def lopo_table(runs: list[Run]) -> str:
+    rows = []
+    for run in sorted((r for r in runs if r.metrics["split"] == "lopo" and r.metrics["task"] == "size"),
+                      key=lambda r: str(r.path)):
+        for fold in run.metrics["per_fold"]:
+            rows.append([fold["fold"], run.label, _number(fold.get("mae")), _number(fold.get("r2")),
+                         _number(PAPER_LOPO_MAE.get(fold["fold"])), *_provenance(run)])
+    return _markdown(["product", "model", "MAE (nm)", "R²", "paper MAE", *PROVENANCE], rows)
+
+
+# ---- figures ---------------------------------------------------------------------------------------------------------
+
+def save_figure(figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # no Software/date metadata: the same runs give the same bytes
+        write_atomic(path, lambda temp: figure.savefig(temp, format="png", dpi=120, bbox_inches="tight",
+                                                       metadata={"Software": None}))
+    finally:
+        plt.close(figure)
+
+
+def parity_plot(ours: pd.DataFrame, label: str, paper: Optional[pd.DataFrame], path: Path) -> None:
+    """Predicted vs measured size: our out-of-fold predictions and, when given, the paper's own (same rows)."""
+    figure, axis = plt.subplots(figsize=(5, 5))
+    clouds = [(ours, label, "tab:blue")] + ([(paper, "paper (published out-of-fold)", "tab:orange")]
+                                           if paper is not None else [])
+    for frame, name, colour in clouds:
+        mae = float(np.mean(np.abs(frame["true"] - frame["pred"])))
+        axis.scatter(frame["true"], frame["pred"], s=8, alpha=0.5, color=colour, label=f"{name}: MAE {mae:.3f} nm")
+    top = max(20.0, float(max(f["pred"].max() for f, _, _ in clouds)))
+    axis.plot([0, top], [0, top], color="black", linewidth=0.8)
+    axis.set(xlabel="measured size (nm)", ylabel="predicted size (nm)", xlim=(0, top), ylim=(0, top))
+    axis.legend(loc="upper left", fontsize=8)
+    save_figure(figure, path)
+
+
+def confusion_plot(confusion: list[list[int]], shapes: list[str], title: str, path: Path) -> None:
+    """Row-normalised confusion matrix (rows: measured shape); shapes never measured nor predicted are left out."""
+    matrix = np.asarray(confusion, dtype=float)
+    keep = (matrix.sum(axis=0) + matrix.sum(axis=1)) > 0
+    matrix = matrix[keep][:, keep]
+    names = [s for s, k in zip(shapes, keep) if k]
+    rates = np.divide(matrix, matrix.sum(axis=1, keepdims=True), out=np.zeros_like(matrix),
+                      where=matrix.sum(axis=1, keepdims=True) > 0)
+    figure, axis = plt.subplots(figsize=(6, 5))
+    image = axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), count in np.ndenumerate(matrix):
+        if count:
+            axis.text(j, i, f"{int(count)}", ha="center", va="center", fontsize=7,
+                      color="white" if rates[i, j] > 0.5 else "black")
+    axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axis.set_yticks(range(len(names)), names)
+    axis.set(xlabel="predicted", ylabel="measured", title=title)
+    figure.colorbar(image, ax=axis, label="fraction of the measured shape")
+    save_figure(figure, path)
+
+
+def product_bars(runs: list[Run], path: Path) -> None:
+    """Leave-one-product-out MAE per product: each run beside the paper."""
+    products = sorted({f["fold"] for r in runs for f in r.metrics["per_fold"]})
+    series = [(r.label, {f["fold"]: f["mae"] for f in r.metrics["per_fold"]}) for r in runs]
+    series.append(("paper (pretrain + finetune)", PAPER_LOPO_MAE))
+    width = 0.8 / len(series)
+    figure, axis = plt.subplots(figsize=(1.6 * len(products) + 2, 4))
+    for k, (name, values) in enumerate(series):
+        heights = [values.get(p, np.nan) for p in products]
+        axis.bar(np.arange(len(products)) + (k - (len(series) - 1) / 2) * width, heights, width, label=name)
+    axis.set_xticks(range(len(products)), products)
+    axis.set(ylabel="MAE (nm)", title="leave-one-product-out")
+    axis.legend(fontsize=8)
+    save_figure(figure, path)
+
+
+def tsne_plot(embeddings: np.ndarray, labels: np.ndarray, names: list[str], path: Path, seed: int = 0) -> None:
+    """t-SNE of embeddings (e.g. the transformer's CLS vectors, one row per recipe) coloured by label index
+    (as the paper's Figure 3c)."""
+    if len(embeddings) != len(labels):
+        raise ValueError(f"{len(embeddings)} embeddings but {len(labels)} labels")
+    points = TSNE(n_components=2, perplexity=min(30.0, (len(embeddings) - 1) / 3), random_state=seed,
+                  init="pca").fit_transform(np.asarray(embeddings, dtype=np.float64))
+    figure, axis = plt.subplots(figsize=(6, 5))
+    for index in np.unique(labels):
+        chosen = labels == index
+        axis.scatter(points[chosen, 0], points[chosen, 1], s=6, label=names[int(index)])
+    axis.set(xticks=[], yticks=[], title="t-SNE of recipe embeddings")
+    axis.legend(fontsize=7, markerscale=2, loc="best")
+    save_figure(figure, path)
+
+
+# ---- the report ------------------------------------------------------------------------------------------------------
+
+def _best(runs: list[Run], task: str, key: str, better: Callable) -> Optional[Run]:
+    pool = [r for r in runs if r.metrics["task"] == task and r.metrics["split"] == "paper" and key in r.metrics["mean"]]
+    return better(pool, key=lambda r: (r.metrics["mean"][key], str(r.path))) if pool else None
+
+
+def load_paper_predictions(path: Path) -> Optional[pd.DataFrame]:
+    """The paper's out-of-fold size predictions (`true,pred`, 617 rows), when the file was fetched."""
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path)
+    if list(frame.columns[:2]) != ["true", "pred"]:
+        raise ReportError(f"{path}: expected columns true,pred, got {', '.join(frame.columns)}")
+    return frame
+
+
+def same_rows(ours: pd.DataFrame, paper: pd.DataFrame) -> bool:
+    """The paper's file has no IDs: the rows match when the measured sizes are the same multiset."""
+    return len(ours) == len(paper) and np.allclose(np.sort(ours["true"]), np.sort(paper["true"]), atol=1e-6)
+
+
+@dataclass(frozen=True)
+class Figure:
+    file: str  # name in the assets folder
+    caption: str
+
+
+def make_figures(runs: list[Run], assets: Path, shapes: list[str],
+                 paper_predictions: Optional[pd.DataFrame]) -> dict[str, Figure]:
+    """Draw what the runs allow: size parity (best paper-split size run), shape confusion (best paper-split shape run),
+    leave-one-product-out bars. Keys: size, shape, lopo."""
+    figures = {}
+    best_size = _best(runs, "size", "mae", min)
+    if best_size is not None and (best_size.path / "oof_predictions.csv").is_file():
+        ours = pd.read_csv(best_size.path / "oof_predictions.csv")
+        paper = paper_predictions if paper_predictions is not None and same_rows(ours, paper_predictions) else None
+        parity_plot(ours, best_size.label, paper, assets / "size_parity.png")
+        note = "beside the paper's published out-of-fold predictions for the same 617 rows" if paper is not None \
+            else "(the paper's predictions are not for the same rows, or not fetched: not shown)"
+        figures["size"] = Figure("size_parity.png", f"Parity plot: {best_size.label} (paper split), {note}.")
+    best_shape = _best(runs, "shape", "accuracy", max)
+    if best_shape is not None and "confusion" in best_shape.metrics:
+        confusion_plot(best_shape.metrics["confusion"], shapes, best_shape.label, assets / "shape_confusion.png")
+        figures["shape"] = Figure("shape_confusion.png",
+                                  f"Confusion matrix (out-of-fold, all folds, paper split): {best_shape.label}.")
+    lopo = [r for r in runs if r.metrics["split"] == "lopo" and r.metrics["task"] == "size"]
+    if lopo:
+        product_bars(lopo, assets / "lopo_products.png")
+        figures["lopo"] = Figure("lopo_products.png", "Leave-one-product-out MAE per product.")
+    return figures
+
+
+def render(runs: list[Run], figures: dict[str, Figure], assets: Path, document: Path) -> str:
+    """The markdown text for `document` (figure links are relative to its folder)."""
+    def embed(key: str) -> list[str]:
+        if key not in figures:
+            return []
+        target = Path(os.path.relpath(assets / figures[key].file, document.parent)).as_posix()
+        return [f"![{figures[key].file}]({target})", "", figures[key].caption, ""]
+
+    parts = ["## Results", "",
+             "Generated by `python -m nanocrystal report` from the run folders' `metrics.json`: means over the "
+             "folds, each fold scored once after selection on its training rows only. The paper's figures "
+             "(arXiv 2412.10838) are in their own columns; theirs were selected on the validation folds.", ""]
+    parts += ["### Size (nm; rows with 0 < size ≤ 20 nm and ≥ 300 particles counted)", "", size_table(runs), ""]
+    parts += embed("size")
+    parts += ["### Shape (accuracy over the 11 shapes; failed syntheses excluded)", "", shape_table(runs), ""]
+    parts += embed("shape")
+    if "lopo" in figures:
+        parts += ["### Leave-one-product-out (size)", "", lopo_table(runs), ""] + embed("lopo")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def replace_block(document: str, block: str, source: str) -> str:
+    """`document` with the text between the results markers replaced by `block`."""
+    begin, end = document.find(README_BEGIN), document.find(README_END)
+    if begin < 0 or end < begin:
+        raise ReportError(f"{source}: needs the lines {README_BEGIN} and {README_END} around the results section")
+    return document[:begin + len(README_BEGIN)] + "\n" + block + document[end:]
+
+
+def report(run_dirs: list[str], out: Path, assets: Path, shapes_path: Path, paper_predictions_path: Path,
+           readme: Optional[Path] = None) -> str:
+    """Write `out` (and README's results block), figures into `assets`; return the text of `out`."""
+    finished = [d for d in run_dirs if (Path(d) / "metrics.json").is_file()]
+    for unfinished in sorted(set(run_dirs) - set(finished)):
+        print(f"warning: {unfinished}: no metrics.json (unfinished run?), left out of the report", file=sys.stderr)
+    runs = [load_run(d) for d in finished]
+    if not runs:
+        raise ReportError("none of the run folders holds a metrics.json")
+    shapes = [s.strip() for s in shapes_path.read_text().splitlines() if s.strip()] if shapes_path.is_file() \
+        else [str(k) for k in range(11)]
+    figures = make_figures(runs, assets, shapes, load_paper_predictions(paper_predictions_path))
+    text = render(runs, figures, assets, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text(out, text)
+    if readme is not None:
+        write_text(readme, replace_block(readme.read_text(), render(runs, figures, assets, readme), str(readme)))
+    return text

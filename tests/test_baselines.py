@@ -1,0 +1,127 @@
+"""Tree baselines and their recipe vector, on small slices of the real data (seconds)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.exceptions import NotFittedError
+
+from nanocrystal.baselines import WEAK_WEIGHTS, candidates, fit_tree_fold, inner_splits, predict, selection_summary
+from nanocrystal.config import resolve
+from nanocrystal.descriptors import DescriptorStore
+from nanocrystal.features import USED_NAMES, RecipeFeaturizer
+from nanocrystal.recipes import is_solid, series_keys
+from nanocrystal.splits import paper_folds, task_rows
+
+
+@pytest.fixture(scope="module")
+def fold_slice(table):
+    """Fold 0 of the paper split, size rows, cut to a few hundred training rows to stay fast."""
+    fold = paper_folds(table, 5, 0)[0]
+    train = table.iloc[task_rows(table, fold.train, "size")[:600]].reset_index(drop=True)
+    valid = table.iloc[fold.valid[:40]].reset_index(drop=True)
+    return train, valid
+
+
+def perturbed(valid: pd.DataFrame, store: DescriptorStore, rows: slice) -> tuple[pd.DataFrame, DescriptorStore]:
+    """Validation rows `rows` get new amounts, conditions and a substance no training row has (with its own
+    descriptor in the store): whatever is fitted on training rows only must not notice."""
+    changed = valid.copy()
+    changed.loc[changed.index[rows], ["A1", "B1", "Temperature2", "Time"]] *= 13.0
+    changed.loc[changed.index[rows], "A2"] = "Unobtainium"
+    vectors = {**store.vectors, "Unobtainium": np.full(store.dim, 50.0, np.float32)}
+    return changed, DescriptorStore(vectors)
+
+
+def test_features_values_and_unknown_products(fold_slice, descriptors):
+    train, valid = fold_slice
+    featurizer = RecipeFeaturizer(descriptors, n_components=4, n_substances=5).fit(train)
+    features = featurizer.transform(train)
+    names = featurizer.feature_names_
+    assert features.shape == (len(train), len(names)) and len(names) == 5 + 10 + 40 + 4 + 4 + 5 + 2
+    row = train.iloc[0]
+    amounts = row[["A1", "B1", "C1", "D1", "E1", "F1", "G1", "H1", "I1", "J1"]].to_numpy(float)
+    assert features[0, names.index("log_amount_A")] == pytest.approx(np.log1p(row["A1"]))
+    assert features[0, names.index("n_substances")] == (amounts > 0).sum()
+    assert features[0, names.index("log_time")] == pytest.approx(np.log1p(row["Time"]))
+    # empty slots carry zeros, not the projection of a zero vector
+    empty = [s for s, name in zip("ABCDEFGHIJ", row[USED_NAMES]) if name == "PlaceHolder"]
+    assert empty and all(features[0, names.index(f"desc_{s}_0")] == 0.0 for s in empty)
+    # the most frequent training substance's own column holds its amount, wherever its slot
+    top = featurizer.substances_[0]
+    slot = next(c for c in USED_NAMES if (train[c] == top).any())
+    first = int(np.flatnonzero((train[slot] == top).to_numpy())[0])
+    assert features[first, names.index(f"log_amount[{top}]")] == pytest.approx(
+        np.log1p(train.iloc[first][slot.replace("2", "1")]))
+    unknown = valid.copy()
+    unknown["T2"] = "Cs2NaYbCl6"  # a real product without a descriptor
+    featurizer.transform(unknown)
+    assert featurizer.missing_["products"]["Cs2NaYbCl6"] == len(valid)
+    with pytest.raises(NotFittedError):
+        RecipeFeaturizer(descriptors).transform(train)
+
+
+def test_featurizer_is_fitted_on_training_rows_only(fold_slice, descriptors):
+    train, valid = fold_slice
+    before = RecipeFeaturizer(descriptors, 8, 20).fit(train)
+    changed, store = perturbed(valid, descriptors, slice(None))
+    after = RecipeFeaturizer(store, 8, 20).fit(train)
+    np.testing.assert_array_equal(before.transform(train), after.transform(train))
+    # ... while the perturbed validation rows do change (the test can fail)
+    assert not np.allclose(before.transform(valid), after.transform(changed))
+    # fitting on the validation rows too would have changed the PCA
+    leaky = RecipeFeaturizer(store, 8, 20).fit(pd.concat([train, changed]))
+    assert not np.allclose(leaky.transform(train), before.transform(train))
+
+
+@pytest.mark.parametrize("task", ["size", "shape"])
+def test_fold_predictions_ignore_other_validation_rows(fold_slice, descriptors, task):
+    """Selection, PCA, substance list and model see the training rows only: changing half of the validation rows
+    leaves the predictions for the other half exactly as they were."""
+    train, valid = fold_slice
+    cfg = resolve("cpu", {"model": "dt", "task": task, "threads": 1})
+    weak = ~is_solid(train).to_numpy()
+    first = fit_tree_fold(cfg, SimpleNamespace(train=train, valid=valid, train_weak=weak), descriptors, 11)
+    changed, store = perturbed(valid, descriptors, slice(20, None))
+    second = fit_tree_fold(cfg, SimpleNamespace(train=train, valid=changed, train_weak=weak), store, 11)
+    key = "size" if task == "size" else "shape"
+    np.testing.assert_array_equal(first[key][:20], second[key][:20])
+    assert first["selection"] == second["selection"]
+    assert len(first["selection"]["candidates"]) == len(candidates("dt", task)) == (9 if task == "size" else 3)
+    assert first["selection"]["weak_weight"] in WEAK_WEIGHTS[task]
+    assert first["selection"]["summary"] == selection_summary("dt", task)
+    if task == "shape":
+        assert first["shape"].shape == (40, 11) and np.allclose(first["shape"].sum(axis=1), 1.0)
+        assert np.isnan(first["failed"]).all()  # no failure rows in this training slice: not modelled
+
+
+def test_inner_splits_keep_groups_apart(fold_slice):
+    train, _ = fold_slice
+    weak = ~is_solid(train).to_numpy()
+    for split, groups in (("paper", np.arange(len(train))), ("grouped", series_keys(train).to_numpy())):
+        cfg = resolve("cpu", {"model": "dt", "split": split})
+        scored_all = []
+        for fit_rows, scored_rows in inner_splits(cfg, train, weak):
+            assert not weak[scored_rows].any()  # scored like the outer folds: solid rows only
+            assert not np.isin(groups[fit_rows], groups[scored_rows]).any()
+            scored_all.append(scored_rows)
+        assert len(scored_all) == 3 and len(np.unique(np.concatenate(scored_all))) == (~weak).sum()
+
+
+def test_shape_probabilities_with_a_failure_class():
+    estimator = SimpleNamespace(classes_=np.array([0, 9, 11]),
+                                predict_proba=lambda x: np.array([[0.2, 0.3, 0.5], [0.0, 0.0, 1.0]]))
+    result = predict("shape", estimator, np.zeros((2, 3)), 11)
+    np.testing.assert_allclose(result["failed"], [0.5, 1.0])
+    np.testing.assert_allclose(result["shape"][0, [0, 9]], [0.4, 0.6])
+    np.testing.assert_allclose(result["shape"][1], np.full(11, 1 / 11))  # all mass on failure: no shape preferred
+
+
+def test_augmented_rows_are_refused(fold_slice, descriptors):
+    train, valid = fold_slice
+    cfg = resolve("cpu", {"model": "dt", "augmented": "somewhere"})
+    with pytest.raises(ValueError, match="augmented"):
+        fit_tree_fold(cfg, SimpleNamespace(train=train, valid=valid, train_weak=np.zeros(len(train), bool)),
+                      descriptors, 11)

@@ -1,0 +1,120 @@
+"""The report: tables from fixed, hand-written metrics.json fixtures; figures and atomic, repeatable writing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nanocrystal.report import (README_BEGIN, README_END, ReportError, load_run, lopo_table, report, same_rows,
+                                shape_table, size_table, tsne_plot)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "report"
+
+SIZE_TABLE = """\
+| model | split | MAE (nm) | MSE | RMSE (nm) | MAPE | R² | paper MAE | paper R² | selection | command | wall |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| Transformer | paper | 1.3800 | 4.6000 | 2.1400 | 0.1700 | 0.7500 | 1.3995 | 0.7198 | fixed schedule | `bash scripts/best_size.sh` | 18.0 min |
+| Random forest | paper | 1.5500 | 5.1000 | 2.2500 | 0.1800 | 0.7310 | 1.6307 |  | 3-fold inner CV on training rows | `python train.py --model rf --task size` | 2.5 min |
+| LightGBM | grouped | 2.5000 | 11.0000 | 3.3000 | 0.3000 | 0.4000 |  |  | not stated | `python train.py --model lgbm --split grouped` | 1.0 min |"""  # noqa: E501
+
+SHAPE_TABLE = """\
+| model | split | accuracy | weighted F1 | paper accuracy | selection | command | wall |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+| Random forest (measured size given) | paper | 0.8500 | 0.8400 |  | 3-fold inner CV on training rows | `python train.py --model rf --task shape --size_as_input` | 1.5 min |"""  # noqa: E501
+
+LOPO_TABLE = """\
+| product | model | MAE (nm) | R² | paper MAE | selection | command | wall |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+| PbSe | Transformer | 2.5000 | 0.1000 | 2.6522 | fixed schedule | `python train.py --object_name PbSe Ni` | 10.0 min |
+| Ni | Transformer | 2.0000 | 0.3000 | 2.0056 | fixed schedule | `python train.py --object_name PbSe Ni` | 10.0 min |"""
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return [load_run(p) for p in sorted(FIXTURES.iterdir())]
+
+
+def test_tables_reproduce_the_fixtures(runs):
+    assert size_table(runs) == SIZE_TABLE
+    assert shape_table(runs) == SHAPE_TABLE
+    assert lopo_table(runs) == LOPO_TABLE
+
+
+def test_paper_columns_only_where_comparable(runs):
+    # the paper's shape accuracy used the measured size as an input: a recipe-only run gets no paper figure
+    recipe_only = [r for r in runs if r.metrics["task"] == "shape"][0]
+    recipe_only = type(recipe_only)(recipe_only.path, recipe_only.metrics, {"size_as_input": False})
+    assert "| Random forest (recipe only) | paper | 0.8500 | 0.8400 |  |" in shape_table([recipe_only])
+
+
+def test_report_writes_markdown_and_figures_repeatably(tmp_path, runs):
+    shapes = tmp_path / "shapes.txt"
+    shapes.write_text("\n".join(f"shape{k}" for k in range(11)))
+    paper = tmp_path / "paper.csv"
+    pd.DataFrame({"true": [12.0, 5.0, 8.0], "pred": [11.0, 6.0, 8.5]}).to_csv(paper, index=False)
+    out, assets = tmp_path / "docs" / "results.md", tmp_path / "assets"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n{README_BEGIN}\nold\n{README_END}\nafter\n")
+    dirs = [str(p) for p in sorted(FIXTURES.iterdir())]
+
+    text = report(dirs, out, assets, shapes, paper, readme)
+    assert out.read_text() == text and SIZE_TABLE in text and LOPO_TABLE in text
+    assert "![size_parity.png](../assets/size_parity.png)" in text
+    assert "beside the paper's published out-of-fold predictions" in text
+    for name in ("size_parity.png", "shape_confusion.png", "lopo_products.png"):
+        assert (assets / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    readme_text = readme.read_text()
+    assert "\nold\n" not in readme_text and readme_text.endswith(f"{README_END}\nafter\n")
+    assert "![size_parity.png](assets/size_parity.png)" in readme_text
+    first = {p.name: p.read_bytes() for p in assets.iterdir()}
+    assert report(dirs, out, assets, shapes, paper) == text  # regenerates the same text and images
+    assert {p.name: p.read_bytes() for p in assets.iterdir()} == first
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temp file left behind
+
+
+def test_paper_predictions_are_matched_on_their_rows():
+    ours = pd.DataFrame({"true": [5.0, 8.0, 12.0], "pred": [1.0, 2.0, 3.0]})
+    assert same_rows(ours, pd.DataFrame({"true": [12.0, 5.0, 8.0], "pred": [0.0, 0.0, 0.0]}))
+    assert not same_rows(ours, pd.DataFrame({"true": [12.0, 5.0, 9.0], "pred": [0.0, 0.0, 0.0]}))
+
+
+def test_bad_run_folders_are_named(tmp_path):
+    with pytest.raises(ReportError, match="metrics.json: no such file"):
+        load_run(tmp_path)
+    (tmp_path / "metrics.json").write_text('{"task": "size"}')
+    with pytest.raises(ReportError, match="missing keys model, split, mean, per_fold"):
+        load_run(tmp_path)
+
+
+def test_readme_needs_its_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    with pytest.raises(ReportError, match="results:begin"):
+        report([str(FIXTURES / "size-rf-paper")], tmp_path / "r.md", tmp_path / "a", tmp_path / "none",
+               tmp_path / "none.csv", readme)
+    assert readme.read_text() == "# no markers\n"
+
+
+def test_tsne_plot(tmp_path):
+    rng = np.random.default_rng(0)
+    embeddings = np.vstack([rng.normal(0, 1, (20, 8)), rng.normal(5, 1, (20, 8))])
+    tsne_plot(embeddings, np.repeat([0, 9], 20), [f"s{k}" for k in range(11)], tmp_path / "tsne.png")
+    assert (tmp_path / "tsne.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="40 embeddings but 3 labels"):
+        tsne_plot(embeddings, np.zeros(3), ["a"], tmp_path / "x.png")
+
+
+def test_cli_report_leaves_out_unfinished_runs(tmp_path, capsys):
+    from nanocrystal.cli import main
+
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    out = tmp_path / "results.md"
+    common = ["--out", str(out), "--assets", str(tmp_path / "assets"), "--paper-predictions", str(tmp_path / "x.csv")]
+    assert main(["report", str(FIXTURES / "size-rf-paper"), str(unfinished), *common]) == 0
+    assert "unfinished: no metrics.json" in capsys.readouterr().err
+    assert "| Random forest | paper | 1.5500 |" in out.read_text()
+    assert main(["report", str(unfinished), *common]) == 2
+    assert "none of the run folders holds a metrics.json" in capsys.readouterr().err
