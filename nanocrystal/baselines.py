@@ -10,13 +10,15 @@ when the fold's training rows hold them (shape task with use_failures), are one 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from itertools import product
 from typing import Any, Iterator
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.ensemble import (HistGradientBoostingClassifier, HistGradientBoostingRegressor, RandomForestClassifier,
                               RandomForestRegressor)
 from sklearn.model_selection import GroupKFold
@@ -171,12 +173,16 @@ def fit_predict(cfg: Config, store: DescriptorStore, train: pd.DataFrame, weak: 
     y_train = targets(cfg.task, train)
     results = []
     for choice in choices:
-        estimator = make_estimator(cfg.model, cfg.task, choice.params, cfg.seed, n_threads(cfg))
-        # no weights at all when every row weighs 1: HistGradientBoosting is 2-3x slower with them
-        weights = None if choice.weak_weight == 1.0 else np.where(weak, choice.weak_weight, 1.0)
-        estimator.fit(x_train, y_train, sample_weight=weights)
+        estimator = fit_estimator(cfg, choice, x_train, y_train, weak)
         results.append([predict(cfg.task, estimator, x, n_shapes) for x in x_tests])
     return results
+
+
+def fit_estimator(cfg: Config, choice: Candidate, x_train: np.ndarray, y_train: np.ndarray, weak: np.ndarray):
+    estimator = make_estimator(cfg.model, cfg.task, choice.params, cfg.seed, n_threads(cfg))
+    # no weights at all when every row weighs 1: HistGradientBoosting is 2-3x slower with them
+    weights = None if choice.weak_weight == 1.0 else np.where(weak, choice.weak_weight, 1.0)
+    return estimator.fit(x_train, y_train, sample_weight=weights)
 
 
 def select(cfg: Config, store: DescriptorStore, train: pd.DataFrame, weak: np.ndarray,
@@ -204,22 +210,70 @@ def selection_summary(model: str, task: str) -> str:
     return f"{chosen} by {INNER_FOLDS}-fold inner CV on each fold's training rows; refit on all of them"
 
 
-def fit_tree_fold(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> dict[str, Any]:
-    """One outer fold: choose on inner validation of `data.train`, refit on all of it, predict `data.valid` once.
-    `data` is a runs.FoldData (train, valid, train_weak). Returns the prediction dict of `runs.score` plus
-    `selection` (the chosen candidate, the inner metric and every candidate's inner score)."""
+@dataclass
+class FittedTree:
+    """A tree model refitted on all of a fold's training rows with its inner-CV choice."""
+    features: RecipeFeaturizer
+    estimator: Any
+    selection: dict[str, Any]
+
+
+def fit_selected(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> FittedTree:
+    """Choose on inner validation of `data.train` (a runs.FoldData), then refit on all of it."""
     if cfg.augmented:
         # augmented rows lose their source ID in FoldData, so the inner split could not keep a row and its copies apart
-        raise ValueError("tree baselines do not take augmented rows (--augmented); run them on the original rows")
+        raise ValueError("tree models do not take augmented rows (--augmented); run them on the original rows")
     weak = np.asarray(data.train_weak, dtype=bool)
     with threadpool_limits(limits=n_threads(cfg)):
         best, table = select(cfg, store, data.train, weak, n_shapes)
-        prediction = fit_predict(cfg, store, data.train, weak, [data.valid], [best], n_shapes)[0][0]
-    prediction["selection"] = {
+        features = featurizer(cfg, store).fit(data.train)
+        estimator = fit_estimator(cfg, best, features.transform(data.train), targets(cfg.task, data.train), weak)
+    selection = {
         "summary": selection_summary(cfg.model, cfg.task),
         "inner_metric": "1 - accuracy" if cfg.task == "shape" else "mae",
         "params": {**FIXED[cfg.task][cfg.model], **best.params},
         "weak_weight": best.weak_weight,
         "candidates": table,
     }
+    return FittedTree(features, estimator, selection)
+
+
+def fit_tree_fold(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> dict[str, Any]:
+    """One outer fold: choose on inner validation of `data.train`, refit on all of it, predict `data.valid` once.
+    `data` is a runs.FoldData (train, valid, train_weak). Returns the prediction dict of `runs.score` plus
+    `selection` (the chosen candidate, the inner metric and every candidate's inner score)."""
+    fitted = fit_selected(cfg, data, store, n_shapes)
+    with threadpool_limits(limits=n_threads(cfg)):
+        prediction = predict(cfg.task, fitted.estimator, fitted.features.transform(data.valid), n_shapes)
+    prediction["selection"] = fitted.selection
     return prediction
+
+
+# ---- LightGBM beside the transformer (--lgbm_blend) -----------------------------------------------------------------
+
+def fit_blend(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> dict[str, Any]:
+    """The fold's LightGBM model, chosen and fitted as `--model lgbm` would (for shape without the failed syntheses,
+    as baselines.sh), as a checkpoint entry that `torch.load(weights_only=True)` reads back: the featurizer's state,
+    the booster as LightGBM's own text, and the classes it saw."""
+    # the recipe table's own rows; for shape without the failed syntheses
+    keep = ~data.train_augmented
+    if cfg.task == "shape":
+        keep &= ~data.train["failed"].to_numpy()
+    data = replace(data, train=data.train[keep].reset_index(drop=True), train_weak=data.train_weak[keep],
+                   train_augmented=data.train_augmented[keep])
+    fitted = fit_selected(replace(cfg, model="lgbm", augmented=""), data, store, n_shapes)
+    classes = getattr(fitted.estimator, "classes_", np.zeros(0, int))
+    return {"features": fitted.features.to_state(), "booster": fitted.estimator.booster_.model_to_string(),
+            "classes": torch.as_tensor(classes, dtype=torch.long), "selection": json.dumps(fitted.selection)}
+
+
+def predict_blend(state: dict[str, Any], store: DescriptorStore, table: pd.DataFrame, n_shapes: int) -> np.ndarray:
+    """Size in nm, or (rows, n_shapes) shape probabilities, from a `fit_blend` entry."""
+    x = RecipeFeaturizer.from_state(state["features"], store).transform(table)
+    with threadpool_limits(limits=1):
+        raw = lgb.Booster(model_str=state["booster"]).predict(x, num_threads=1)
+    if not len(state["classes"]):
+        return raw
+    proba = np.zeros((len(table), n_shapes))
+    proba[:, state["classes"].numpy()] = raw
+    return proba

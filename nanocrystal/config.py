@@ -63,6 +63,7 @@ class Config:
     n_members: int = 2  # ensemble members per fold (different seeds)
     snapshots: int = 3  # EMA snapshots kept per member (an ensemble from one training run)
     snapshot_span: float = 0.3  # snapshots are spread over this last fraction of the epochs
+    lgbm_blend: float = 0.0  # size: weight of the fold's LightGBM model (chosen by inner CV) in the prediction
     inner_val_frac: float = 0.0  # >0: pick the epoch count on this part of the training rows, then refit
     eval_every: int = 0  # >0: also log the held-out fold every N epochs, labelled val-selected (upstream style)
     threads: int = 1  # torch threads per process (0 = torch's default)

@@ -13,6 +13,7 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import sparse
 from sklearn.decomposition import PCA
 from sklearn.exceptions import NotFittedError
@@ -24,6 +25,7 @@ from .recipes import AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, NAME_COLUMNS
 USED_SLOTS = SLOTS[:10]  # A..J: K..M are empty in every upstream file
 USED_AMOUNTS = list(AMOUNT_COLUMNS[:len(USED_SLOTS)])
 USED_NAMES = list(NAME_COLUMNS[:len(USED_SLOTS)])
+PCA_STATE = ("mean_", "components_", "explained_variance_")
 
 
 def name_descriptors(store: DescriptorStore, names: np.ndarray) -> np.ndarray:
@@ -45,6 +47,19 @@ def _project(pca: PCA, vectors: np.ndarray, width: int) -> np.ndarray:
     out = np.zeros((vectors.shape[0], width))
     out[:, :pca.n_components_] = pca.transform(vectors)
     return out
+
+
+def _pca_state(pca: PCA) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(np.asarray(getattr(pca, name))) for name in PCA_STATE}
+
+
+def _pca_from_state(state: dict[str, torch.Tensor]) -> PCA:
+    """A fitted PCA rebuilt from its arrays (what `transform` reads), without pickling sklearn objects."""
+    pca = PCA(n_components=state["components_"].shape[0])
+    for name in PCA_STATE:
+        setattr(pca, name, state[name].numpy())
+    pca.n_components_, pca.n_features_in_ = pca.components_.shape
+    return pca
 
 
 class RecipeFeaturizer:
@@ -142,3 +157,26 @@ class RecipeFeaturizer:
 
     def fit_transform(self, train: pd.DataFrame) -> np.ndarray:
         return self.fit(train).transform(train)
+
+    # ---- checkpoint state: tensors, strings and numbers only (torch.load(weights_only=True) reads it) -----------
+
+    def to_state(self) -> dict:
+        if self.slot_pca_ is None:
+            raise NotFittedError("RecipeFeaturizer.to_state called before fit")
+        pcas = {"slot": self.slot_pca_, "mean": self.mean_pca_, **({"product": self.product_pca_}
+                                                                  if self.use_product else {})}
+        return {"n_components": self.n_components, "n_substances": self.n_substances, "use_product": self.use_product,
+                "size_as_input": self.size_as_input, "seed": self.seed, "substances": list(self.substances_),
+                "pca": {name: _pca_state(pca) for name, pca in pcas.items()}}
+
+    @classmethod
+    def from_state(cls, state: dict, store: DescriptorStore) -> "RecipeFeaturizer":
+        features = cls(store, state["n_components"], state["n_substances"], state["use_product"],
+                       state["size_as_input"], state["seed"])
+        features.substances_ = list(state["substances"])
+        pcas = {name: _pca_from_state(values) for name, values in state["pca"].items()}
+        features.slot_pca_, features.mean_pca_ = pcas["slot"], pcas["mean"]
+        if features.use_product:
+            features.product_pca_ = pcas["product"]
+        features.feature_names_ = features._names()
+        return features

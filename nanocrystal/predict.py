@@ -22,7 +22,9 @@ import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -36,7 +38,7 @@ from .encode import Encoder, encode, unknown_substances
 from .engine import predict as model_predict
 from .recipes import (AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, LABEL_COLUMNS, NAME_COLUMNS, PRODUCT_NAME,
                       SHAPES_FILE, UNKNOWN, RecipeError, load_dataset, load_shapes, read_table)
-from .runs import load_fold_models
+from .runs import blend, load_fold_models
 from .splits import combined_table, make_folds, task_rows
 
 CACHE_FILE = "applicability.npz"
@@ -110,6 +112,7 @@ class FoldModels:
     encoder: Encoder
     members: list[torch.nn.Module]
     references: list[Reference]  # one per member
+    lgbm_predict: Callable[[pd.DataFrame], np.ndarray | None]  # the fold's LightGBM model (--lgbm_blend), else None
 
 
 @dataclass
@@ -245,15 +248,16 @@ def load_run(path: str | Path) -> Run:
     loaded = {}
     for checkpoint in checkpoints:
         try:
-            _, encoder, members = load_fold_models(checkpoint, store)
+            saved = load_fold_models(checkpoint, store)
         except (RuntimeError, ValueError) as error:  # e.g. a checkpoint of an older code version
             raise PredictError(f"{checkpoint}: cannot be loaded by this code: {str(error).splitlines()[0]}") from None
-        loaded[checkpoint.stem] = (encoder, members)
-    arrays = reference_arrays(run_dir, cfg, loaded)
-    folds = [FoldModels(name, encoder, members,
+        loaded[checkpoint.stem] = saved
+    arrays = reference_arrays(run_dir, cfg, {name: (saved.encoder, saved.members) for name, saved in loaded.items()})
+    folds = [FoldModels(name, saved.encoder, saved.members,
                         [Reference(NearestNeighbors(n_neighbors=1).fit(arrays[f"{name}__{k}"]),
-                                   float(arrays[f"{name}__{k}__threshold"])) for k in range(len(members))])
-             for name, (encoder, members) in loaded.items()]
+                                   float(arrays[f"{name}__{k}__threshold"])) for k in range(len(saved.members))],
+                        partial(saved.lgbm_predict, store=store))
+             for name, saved in loaded.items()]
     return Run(run_dir, cfg, folds, arrays["range_low"], arrays["range_high"])
 
 
@@ -271,8 +275,11 @@ def run_outputs(run: Run, table: pd.DataFrame) -> RunOutput:
     per_model, ratios = [], []
     for fold in run.folds:
         batch = encode(table, fold.encoder)
+        lgbm = fold.lgbm_predict(table)
         for member, reference in zip(fold.members, fold.references):
-            per_model.append(model_predict(member, batch))
+            prediction = model_predict(member, batch)
+            # each member blended as in training: the members' mean is then the fold's blended prediction
+            per_model.append(prediction if lgbm is None else blend(run.cfg, prediction, lgbm))
             distance = reference.neighbours.kneighbors(member.cls_embedding(batch).numpy(), n_neighbors=1)[0][:, 0]
             ratios.append(distance / reference.threshold)
     return RunOutput(per_model, np.mean(ratios, axis=0), outside_range(table, run.low, run.high))

@@ -101,6 +101,7 @@ class FoldData:
     train: pd.DataFrame
     valid: pd.DataFrame
     train_weak: np.ndarray
+    train_augmented: np.ndarray  # rows from augment.py (after the recipe table's own rows)
 
 
 def inner_fold(table: pd.DataFrame, fold: Fold, cfg: Config) -> Fold:
@@ -125,6 +126,7 @@ def fold_data(cfg: Config, table: pd.DataFrame, fold: Fold, n_shapes: int) -> Fo
     positions = task_rows(table, fold.train, cfg.task, cfg.use_weak, cfg.use_large, cfg.use_failures)
     train = table.iloc[positions].reset_index(drop=True)
     weak = ~is_solid(train).to_numpy()
+    augmented = np.zeros(len(train), bool)
     if cfg.augmented:
         from .augment import load_augmented
 
@@ -137,7 +139,8 @@ def fold_data(cfg: Config, table: pd.DataFrame, fold: Fold, n_shapes: int) -> Fo
         extra_weak = np.ones(len(extra), bool) if not cfg.trust_augmented else ~is_solid(extra).to_numpy()
         train = pd.concat([train, extra.drop(columns=["source_ID", "augmented"])], ignore_index=True)
         weak = np.concatenate([weak, extra_weak])
-    return FoldData(train, table.iloc[fold.valid].reset_index(drop=True), weak)
+        augmented = np.concatenate([augmented, np.ones(len(extra), bool)])
+    return FoldData(train, table.iloc[fold.valid].reset_index(drop=True), weak, augmented)
 
 
 def make_model_factory(cfg: Config, encoder: Encoder, store: DescriptorStore, n_shapes: int):
@@ -169,10 +172,37 @@ def fit_transformer_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_
         "n_shapes": n_shapes,
         "members": [m.state_dict() for m in members],
     }
+    if cfg.lgbm_blend:
+        from .baselines import fit_blend, predict_blend
+
+        checkpoint["lgbm"] = fit_blend(cfg, data, store, n_shapes)
+        prediction = blend(cfg, prediction, predict_blend(checkpoint["lgbm"], store, data.valid, n_shapes))
     return prediction, checkpoint
 
 
-def load_fold_models(path: Path, store: DescriptorStore):
+def blend(cfg: Config, transformer: dict[str, np.ndarray], lgbm: np.ndarray) -> dict[str, np.ndarray]:
+    """--lgbm_blend: the weighted mean of the transformer's and LightGBM's size (nm) or shape probabilities; the
+    failed-synthesis probability stays the transformer's."""
+    key = "size" if cfg.task == "size" else "shape"
+    return {**transformer, key: (1 - cfg.lgbm_blend) * transformer[key] + cfg.lgbm_blend * lgbm}
+
+
+@dataclass
+class FoldCheckpoint:
+    """A fold's saved ensemble, rebuilt: the transformer members and, with --lgbm_blend, its LightGBM model."""
+    cfg: Config
+    encoder: Encoder
+    members: list[torch.nn.Module]
+    n_shapes: int
+    lgbm: dict | None
+
+    def lgbm_predict(self, table: pd.DataFrame, store: DescriptorStore) -> np.ndarray | None:
+        from .baselines import predict_blend
+
+        return None if self.lgbm is None else predict_blend(self.lgbm, store, table, self.n_shapes)
+
+
+def load_fold_models(path: Path, store: DescriptorStore) -> FoldCheckpoint:
     """Rebuild a fold's ensemble from its checkpoint (weights_only: no code runs on load)."""
     checkpoint = torch.load(path, weights_only=True)
     cfg = Config.from_dict(checkpoint["config"])
@@ -184,7 +214,7 @@ def load_fold_models(path: Path, store: DescriptorStore):
         model.load_state_dict(state)
         model.eval()
         members.append(model)
-    return cfg, encoder, members
+    return FoldCheckpoint(cfg, encoder, members, checkpoint["n_shapes"], checkpoint.get("lgbm"))
 
 
 def primary_metrics(cfg: Config) -> tuple[str, ...]:
@@ -283,7 +313,9 @@ def selection_note(cfg: Config) -> str:
     if cfg.inner_val_frac:
         return "scored on an inner validation part of the training rows (tuning run)"
     if cfg.model in NEURAL_MODELS:
-        return "fixed schedule chosen on inner validation (no selection on the held-out fold)"
+        blend = (f"; averaged with LightGBM (weight {cfg.lgbm_blend}, its hyper-parameters by inner CV on the fold's "
+                 "training rows)") if cfg.lgbm_blend else ""
+        return "fixed schedule chosen on inner validation (no selection on the held-out fold)" + blend
     return "hyper-parameters by inner cross-validation on the fold's training rows"
 
 

@@ -50,8 +50,8 @@ def examples(predictor):
 def _fold_means(run: Path, table: pd.DataFrame, descriptors) -> dict[str, np.ndarray]:
     per_fold = []
     for fold in ("fold0", "fold1"):
-        _, encoder, members = load_fold_models(run / f"{fold}.pt", descriptors)
-        per_fold.append(ensemble_predict(members, encode(table, encoder)))
+        saved = load_fold_models(run / f"{fold}.pt", descriptors)
+        per_fold.append(ensemble_predict(saved.members, encode(table, saved.encoder)))
     return {k: np.mean([p[k] for p in per_fold], axis=0) for k in ("size", "shape", "failed")} | {
         "fold0_size": per_fold[0]["size"]}
 
@@ -175,3 +175,18 @@ def test_design_beyond_the_training_data_is_flagged(predictor):
     assert result.table["Temperature2"].between(500, 900).all()
     assert result.warnings == ["Temperature2: range 500..900 reaches beyond the training recipes of PbSe (30..240)",
                                "3 of the 3 candidates are out of domain: their predictions are extrapolations"]
+
+
+def test_lgbm_blend_is_saved_and_predict_applies_it(tmp_path, table, descriptors):
+    run = run_experiment(resolve("tiny", {"folds": [0], "epochs": 1, "threads": 1, "lgbm_blend": 0.4,
+                                          "save_path": str(tmp_path / "blend")}))
+    saved = load_fold_models(run / "fold0.pt", descriptors)
+    assert saved.lgbm is not None and "booster" in saved.lgbm
+    oof = pd.read_csv(run / "oof_predictions.csv")
+    valid = table[table["ID"].isin(oof["ID"])].set_index("ID").loc[oof["ID"]].reset_index()
+    transformer_nm = ensemble_predict(saved.members, encode(valid, saved.encoder))["size"]
+    lgbm_nm = saved.lgbm_predict(valid, descriptors)
+    assert np.abs(transformer_nm - lgbm_nm).mean() > 0.01  # two different models, so the weight matters
+    np.testing.assert_allclose(oof["pred"], 0.6 * transformer_nm + 0.4 * lgbm_nm, rtol=1e-5, atol=1e-5)
+    predicted = load_predictor(run).predict(valid)["size_nm"].to_numpy()
+    np.testing.assert_allclose(predicted, oof["pred"], rtol=1e-5, atol=1e-5)

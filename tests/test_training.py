@@ -94,9 +94,9 @@ def test_run_folder_holds_everything(tiny_run):
 
 
 def test_checkpoint_round_trips_to_identical_predictions(tiny_run, table, descriptors):
-    cfg, encoder, members = load_fold_models(tiny_run / "fold0.pt", descriptors)
+    fold = load_fold_models(tiny_run / "fold0.pt", descriptors)
     valid = table.iloc[paper_folds(table, 5, 0)[0].valid]
-    prediction = ensemble_predict(members, encode(valid, encoder))["size"]
+    prediction = ensemble_predict(fold.members, encode(valid, fold.encoder))["size"]
     oof = pd.read_csv(tiny_run / "oof_predictions.csv")
     saved = oof.loc[oof["fold"] == "fold0", "pred"].to_numpy()
     np.testing.assert_allclose(prediction, saved, rtol=1e-5, atol=1e-5)
