@@ -189,6 +189,26 @@ def load_fold_models(path: Path, store: DescriptorStore):
     return cfg, encoder, members
 
 
+@torch.no_grad()
+def oof_embeddings(run_dir: Path, table: pd.DataFrame,
+                   store: DescriptorStore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Out-of-fold `cls_embedding`s: each fold's held-out rows through that fold's checkpoint. Returns the embeddings,
+    the rows' shape indices and fold names. Only the first ensemble member: every model has its own space, so
+    neither members nor folds can be averaged or mixed."""
+    cfg = Config.load(run_dir / "config.json")
+    values, shapes, names = [], [], []
+    for fold in make_folds(table, cfg.split, cfg.n_folds, cfg.seed, cfg.object_name):
+        if (run_dir / f"{fold.name}.pt").is_file():
+            _, encoder, members = load_fold_models(run_dir / f"{fold.name}.pt", store)
+            valid = table.iloc[fold.valid]
+            values.append(members[0].cls_embedding(encode(valid, encoder)).numpy())
+            shapes.append(valid["Y3"].to_numpy())
+            names.append(np.full(len(valid), fold.name, dtype=object))
+    if not values:
+        raise RunError(f"{run_dir}: no fold checkpoint (fold<k>.pt)")
+    return np.concatenate(values), np.concatenate(shapes), np.concatenate(names)
+
+
 def primary_metrics(cfg: Config) -> tuple[str, ...]:
     return SIZE_METRICS if cfg.task == "size" else SHAPE_METRICS
 
