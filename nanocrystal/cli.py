@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import ROOT
+from .config import ROOT, Config
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -136,7 +136,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     try:
         report(args.runs, Path(args.out), Path(args.assets), Path(args.shapes), Path(args.paper_predictions),
-               Path(args.readme) if args.readme else None)
+               Path(args.readme) if args.readme else None, Path(args.data_dir), Path(args.feats))
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -147,8 +147,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 def config_parser() -> argparse.ArgumentParser:
     """One flag per Config field (same name, same type); a flag not given keeps the preset's or config file's value."""
     import dataclasses
-
-    from .config import Config
 
     parser = argparse.ArgumentParser(prog="train.py", description="Train and evaluate over the folds of a split.")
     parser.add_argument("--config", default=None, help="a run's config.json: re-run it (other flags override)")
@@ -169,7 +167,7 @@ def config_parser() -> argparse.ArgumentParser:
 def config_from_args(argv: list[str] | None = None):
     import json
 
-    from .config import Config, resolve
+    from .config import resolve
 
     args = vars(config_parser().parse_args(argv))
     config_file = args.pop("config")
@@ -254,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--readme", default=None,
                         help="also replace the block between <!-- results:begin --> and <!-- results:end --> here")
     report.add_argument("--shapes", default=str(ROOT / "data" / "shapes_list.txt"))
+    report.add_argument("--data-dir", default=Config.data_dir, help="the recipes, for the t-SNE of CLS embeddings")
+    report.add_argument("--feats", default=Config.feats_path, help="the descriptors, for the t-SNE of CLS embeddings")
     report.add_argument("--paper-predictions", default=str(ROOT / "data" / "source" / "size prediciton.csv"),
                         help="the paper's out-of-fold size predictions (true,pred), drawn beside ours")
     report.set_defaults(handler=cmd_report)

@@ -1,4 +1,10 @@
-"""RecipeTransformer: a set transformer over substance tokens and condition tokens, read by a CLS token."""
+"""The neural models: RecipeTransformer (the paper's model) and two baselines, RecipeMLP ("DNN") and RecipeLSTM.
+
+All three share `RecipeModel`: the same substance tokens (projected descriptor + learned offset + amount embedding +
+reagent/product type), the same conditions embedding and the same heads, which read the vector `cls_embedding`
+returns. They differ only in how that vector is made from the tokens, so the engine, checkpoints, `predict` and the
+report treat them alike. `MODELS` maps `Config.model` to the class.
+"""
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -6,9 +12,13 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from .config import Config
 from .encode import Batch
+from .recipes import NAME_COLUMNS
+
+MAX_REAGENTS = len(NAME_COLUMNS)  # reagent slots of the recipe table (A..M)
 
 
 class PeriodicEmbedding(nn.Module):
@@ -25,10 +35,18 @@ class PeriodicEmbedding(nn.Module):
         return torch.relu(self.linear(torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)))
 
 
-class RecipeTransformer(nn.Module):
-    """Tokens: [CLS] + one conditions token + one per substance (projected descriptor + amount embedding +
-    reagent/product type); padding is masked out of attention. The heads read the CLS output together with the
-    conditions again: within a recipe series only the conditions change, so they get a direct path to the output."""
+def fusion(cfg: Config) -> nn.Sequential:
+    """2d -> d: a recipe vector together with the conditions embedding again. Within a recipe series only the
+    conditions change, so they get a direct path to the heads."""
+    d = cfg.d_model
+    return nn.Sequential(nn.Linear(2 * d, cfg.d_ffn), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.d_ffn, d),
+                         nn.GELU())
+
+
+class RecipeModel(nn.Module):
+    """Inputs and heads shared by every neural model; a subclass adds its layers in `build` and defines
+    `cls_embedding(batch, drop) -> (N, d)`. The attribute names and the initialisation order are those of the first
+    RecipeTransformer: its saved checkpoints keep loading and its seeded runs give the same numbers."""
 
     def __init__(self, cfg: Config, descriptors: torch.Tensor, n_conditions: int, n_shapes: int,
                  size_center: float = 0.0, size_scale: float = 1.0):
@@ -58,13 +76,7 @@ class RecipeTransformer(nn.Module):
         else:
             raise ValueError(f"unknown numeric_embedding {cfg.numeric_embedding!r}; choose mlp or periodic")
         self.type_embed = nn.Embedding(2, d)  # reagent, product
-        self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.02)
-        layer = nn.TransformerEncoderLayer(d, cfg.n_heads, cfg.d_ffn, cfg.dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(d)
-        self.fuse = nn.Sequential(nn.Linear(2 * d, cfg.d_ffn), nn.GELU(), nn.Dropout(cfg.dropout),
-                                  nn.Linear(cfg.d_ffn, d), nn.GELU())
+        self.build(cfg)  # before the heads: parameters are initialised in the order of the first RecipeTransformer
         self.size_head = nn.Linear(d, 1)
         self.shape_head = nn.Linear(d, n_shapes)
         self.failed_head = nn.Linear(d, 1)
@@ -79,10 +91,42 @@ class RecipeTransformer(nn.Module):
             projected = projected * (~drop_descriptor).unsqueeze(-1)
         return projected
 
+    def substance_tokens(self, batch: Batch, drop_descriptor: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, S, d), one per slot of the batch; padding slots are not zero (callers mask or skip them)."""
+        return (self.embed_substances(batch.substance_ids, drop_descriptor)
+                + self.amount_embed(batch.amounts.unsqueeze(-1)) + self.type_embed(batch.is_product.long()))
+
+    def build(self, cfg: Config) -> None:
+        raise NotImplementedError
+
+    def cls_embedding(self, batch: Batch, drop_descriptor: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, batch: Batch, drop_descriptor: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        cls = self.cls_embedding(batch, drop_descriptor)
+        return {
+            "size": self.size_center + self.size_scale * self.size_head(cls).squeeze(-1),
+            "shape": self.shape_head(cls),
+            "failed": self.failed_head(cls).squeeze(-1),
+        }
+
+
+class RecipeTransformer(RecipeModel):
+    """Tokens: [CLS] + one conditions token + one per substance; padding is masked out of attention. The heads read
+    the CLS output fused with the conditions embedding."""
+
+    def build(self, cfg: Config) -> None:
+        d = cfg.d_model
+        self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, cfg.n_heads, cfg.d_ffn, cfg.dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.fuse = fusion(cfg)
+
     def cls_embedding(self, batch: Batch, drop_descriptor: torch.Tensor | None = None) -> torch.Tensor:
         n = batch.substance_ids.shape[0]
-        substances = (self.embed_substances(batch.substance_ids, drop_descriptor)
-                      + self.amount_embed(batch.amounts.unsqueeze(-1)) + self.type_embed(batch.is_product.long()))
+        substances = self.substance_tokens(batch, drop_descriptor)
         conditions = self.condition_embed(batch.conditions)
         tokens = torch.cat([self.cls.expand(n, -1, -1), conditions.unsqueeze(1), substances], dim=1)
         keep = torch.ones(n, 2, dtype=torch.bool, device=tokens.device)
@@ -92,10 +136,46 @@ class RecipeTransformer(nn.Module):
             hidden = self.encoder(tokens, src_key_padding_mask=padding)
         return self.fuse(torch.cat([self.norm(hidden[:, 0]), conditions], dim=1))
 
-    def forward(self, batch: Batch, drop_descriptor: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        cls = self.cls_embedding(batch, drop_descriptor)
-        return {
-            "size": self.size_center + self.size_scale * self.size_head(cls).squeeze(-1),
-            "shape": self.shape_head(cls),
-            "failed": self.failed_head(cls).squeeze(-1),
-        }
+
+class RecipeMLP(RecipeModel):
+    """The paper's "DNN": an MLP on one fixed-length vector per recipe, [conditions embedding, product token,
+    reagent token 1..MAX_REAGENTS], each d wide, absent reagents zero. Like the trees' vector (per-slot amount and
+    descriptor, conditions, product descriptor), but the descriptor reduction is learned instead of a PCA, and the
+    reagents are in slot order with empty slots skipped (the encoder packs present substances first)."""
+
+    def build(self, cfg: Config) -> None:
+        d, width = cfg.d_model, cfg.d_ffn
+        layers: list[nn.Module] = [nn.Linear((MAX_REAGENTS + 2) * d, width), nn.GELU(), nn.Dropout(cfg.dropout)]
+        for _ in range(cfg.depth - 1):
+            layers += [nn.Linear(width, width), nn.GELU(), nn.Dropout(cfg.dropout)]
+        self.trunk = nn.Sequential(*layers, nn.Linear(width, d), nn.GELU())
+
+    def cls_embedding(self, batch: Batch, drop_descriptor: torch.Tensor | None = None) -> torch.Tensor:
+        tokens = self.substance_tokens(batch, drop_descriptor)
+        reagents = tokens * (batch.present & ~batch.is_product).unsqueeze(-1)
+        # the batch keeps only as many slots as its fullest recipe: pad back to the fixed width (reagents come first,
+        # so a product token in the last column is cut; it was zeroed just above)
+        reagents = nn.functional.pad(reagents, (0, 0, 0, MAX_REAGENTS + 1 - reagents.shape[1]))[:, :MAX_REAGENTS]
+        product = (tokens * batch.is_product.unsqueeze(-1)).sum(1)
+        return self.trunk(torch.cat([self.condition_embed(batch.conditions), product, reagents.flatten(1)], dim=1))
+
+
+class RecipeLSTM(RecipeModel):
+    """An LSTM over the substance tokens in slot order (reagents, then the product token when used); its final
+    state is fused with the conditions embedding, as in the transformer."""
+
+    def build(self, cfg: Config) -> None:
+        d = cfg.d_model
+        self.lstm = nn.LSTM(d, d, num_layers=cfg.depth, batch_first=True, dropout=cfg.dropout if cfg.depth > 1 else 0)
+        self.fuse = fusion(cfg)
+
+    def cls_embedding(self, batch: Batch, drop_descriptor: torch.Tensor | None = None) -> torch.Tensor:
+        tokens = self.substance_tokens(batch, drop_descriptor)
+        # present substances come first in every row: a row's length is its count (a row with none reads one
+        # padding token rather than nothing)
+        lengths = batch.present.sum(1).clamp_min(1).cpu()
+        _, (hidden, _) = self.lstm(pack_padded_sequence(tokens, lengths, batch_first=True, enforce_sorted=False))
+        return self.fuse(torch.cat([hidden[-1], self.condition_embed(batch.conditions)], dim=1))
+
+
+MODELS: dict[str, type[RecipeModel]] = {"transformer": RecipeTransformer, "mlp": RecipeMLP, "lstm": RecipeLSTM}

@@ -4,7 +4,7 @@ Every model of a run is used: all fold checkpoints (`<fold>.pt`) and all their e
 size run (`size_nm` = mean over models, `size_std` = their spread); shape probabilities and `p_failed` from the shape
 run (mean over models). Each task's heads are only trained in its own run, so a run is never asked for the other task.
 
-Applicability: in each model's own representation (`RecipeTransformer.cls_embedding`) the distance from a recipe to
+Applicability: in each model's own representation (`RecipeModel.cls_embedding`) the distance from a recipe to
 the nearest training recipe of that model's fold, divided by the model's threshold: the 99th percentile of the
 training rows' leave-one-out nearest-neighbour distances. `domain_distance` is the mean of that ratio over a run's
 models (the larger of the two runs when both are given); `in_domain` = domain_distance <= 1. The training rows are
@@ -38,7 +38,7 @@ from .encode import Encoder, encode, unknown_substances
 from .engine import predict as model_predict
 from .recipes import (AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, LABEL_COLUMNS, NAME_COLUMNS, PRODUCT_NAME,
                       SHAPES_FILE, UNKNOWN, RecipeError, load_dataset, load_shapes, read_table)
-from .runs import blend, load_fold_models
+from .runs import NEURAL_MODELS, blend, load_fold_models
 from .splits import combined_table, make_folds, task_rows
 
 CACHE_FILE = "applicability.npz"
@@ -239,8 +239,9 @@ def load_run(path: str | Path) -> Run:
         cfg = Config.load(config_path)
     except ValueError as error:  # a run of an older code version
         raise PredictError(f"{config_path}: {error}") from None
-    if cfg.model != "transformer":
-        raise PredictError(f"{run_dir}: a {cfg.model} run; predict needs a transformer run (fold checkpoints)")
+    if cfg.model not in NEURAL_MODELS:
+        raise PredictError(f"{run_dir}: a {cfg.model} run; predict needs a neural run ({', '.join(NEURAL_MODELS)}: "
+                           "fold checkpoints)")
     checkpoints = sorted(run_dir.glob("*.pt"))
     if not checkpoints:
         raise PredictError(f"{run_dir}: no fold checkpoints (*.pt); is the run finished?")

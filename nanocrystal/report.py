@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
@@ -196,19 +197,39 @@ def product_bars(runs: list[Run], path: Path) -> None:
     save_figure(figure, path)
 
 
-def tsne_plot(embeddings: np.ndarray, labels: np.ndarray, names: list[str], path: Path, seed: int = 0) -> None:
+# one fixed colour per label index, the same in every panel: the 10 dark tab20 colours first, then the light ones
+_LABEL_COLOURS = [*plt.get_cmap("tab20").colors[0::2], *plt.get_cmap("tab20").colors[1::2]]
+
+
+def tsne_plot(embeddings: np.ndarray, labels: np.ndarray, names: list[str], path: Path, seed: int = 0,
+              groups: Optional[np.ndarray] = None, title: str = "t-SNE of recipe embeddings") -> None:
     """t-SNE of embeddings (e.g. the transformer's CLS vectors, one row per recipe) coloured by label index
-    (as the paper's Figure 3c)."""
-    if len(embeddings) != len(labels):
-        raise ValueError(f"{len(embeddings)} embeddings but {len(labels)} labels")
-    points = TSNE(n_components=2, perplexity=min(30.0, (len(embeddings) - 1) / 3), random_state=seed,
-                  init="pca").fit_transform(np.asarray(embeddings, dtype=np.float64))
-    figure, axis = plt.subplots(figsize=(6, 5))
-    for index in np.unique(labels):
-        chosen = labels == index
-        axis.scatter(points[chosen, 0], points[chosen, 1], s=6, label=names[int(index)])
-    axis.set(xticks=[], yticks=[], title="t-SNE of recipe embeddings")
-    axis.legend(fontsize=7, markerscale=2, loc="best")
+    (as the paper's Figure 3c). With `groups`, one t-SNE and one panel per group: embeddings made by different
+    models (one per fold) live in different spaces and must not share a map."""
+    labels = np.asarray(labels)
+    groups = np.zeros(len(labels), dtype=int) if groups is None else np.asarray(groups)
+    if not len(embeddings) == len(labels) == len(groups):
+        raise ValueError(f"{len(embeddings)} embeddings but {len(labels)} labels and {len(groups)} groups")
+    panels = list(dict.fromkeys(groups.tolist()))  # in order of appearance
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns + 1.6, 3.2 * rows + 0.4), squeeze=False,
+                                layout="constrained")
+    for axis in axes.flat[len(panels):]:
+        axis.set_axis_off()
+    for axis, group in zip(axes.flat, panels):
+        chosen = groups == group
+        points = TSNE(n_components=2, perplexity=min(30.0, (chosen.sum() - 1) / 3), random_state=seed,
+                      init="pca").fit_transform(np.asarray(embeddings, dtype=np.float64)[chosen])
+        for index in np.unique(labels[chosen]):
+            where = labels[chosen] == index
+            axis.scatter(points[where, 0], points[where, 1], s=6, color=_LABEL_COLOURS[int(index) % 20])
+        axis.set(xticks=[], yticks=[], title=str(group) if len(panels) > 1 else title)
+    if len(panels) > 1:
+        figure.suptitle(title)
+    handles = [Line2D([], [], marker="o", linestyle="", markersize=4, color=_LABEL_COLOURS[int(i) % 20],
+                      label=names[int(i)]) for i in np.unique(labels)]
+    figure.legend(handles=handles, fontsize=7, loc="outside right center", frameon=False)
     save_figure(figure, path)
 
 
@@ -234,16 +255,42 @@ def same_rows(ours: pd.DataFrame, paper: pd.DataFrame) -> bool:
     return len(ours) == len(paper) and np.allclose(np.sort(ours["true"]), np.sort(paper["true"]), atol=1e-6)
 
 
+def embedding_run(runs: list[Run]) -> Optional[Run]:
+    """Whose CLS embeddings the t-SNE shows: the best paper-split transformer shape run with fold checkpoints, else
+    the best such size run."""
+    pool = [r for r in runs if r.metrics["model"] == "transformer" and any(r.path.glob("*.pt"))]
+    return _best(pool, "shape", "accuracy", max) or _best(pool, "size", "mae", min)
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    run: Run
+    values: np.ndarray  # (N, d) out-of-fold CLS embeddings
+    shapes: np.ndarray  # (N,) measured shape index
+    folds: np.ndarray  # (N,) fold name
+
+
+def load_embeddings(run: Run, data_dir: Path, feats_path: Path) -> Embeddings:
+    from .descriptors import load_descriptors
+    from .recipes import load_dataset
+    from .runs import oof_embeddings
+    from .splits import combined_table
+
+    values, shapes, folds = oof_embeddings(run.path, combined_table(load_dataset(data_dir)),
+                                           load_descriptors(feats_path))
+    return Embeddings(run, values, shapes, folds)
+
+
 @dataclass(frozen=True)
 class Figure:
     file: str  # name in the assets folder
     caption: str
 
 
-def make_figures(runs: list[Run], assets: Path, shapes: list[str],
-                 paper_predictions: Optional[pd.DataFrame]) -> dict[str, Figure]:
+def make_figures(runs: list[Run], assets: Path, shapes: list[str], paper_predictions: Optional[pd.DataFrame],
+                 embeddings: Optional[Embeddings] = None) -> dict[str, Figure]:
     """Draw what the runs allow: size parity (best paper-split size run), shape confusion (best paper-split shape run),
-    leave-one-product-out bars. Keys: size, shape, lopo."""
+    leave-one-product-out bars, t-SNE of `embeddings`. Keys: size, shape, lopo, tsne."""
     figures = {}
     best_size = _best(runs, "size", "mae", min)
     if best_size is not None and (best_size.path / "oof_predictions.csv").is_file():
@@ -262,6 +309,13 @@ def make_figures(runs: list[Run], assets: Path, shapes: list[str],
     if lopo:
         product_bars(lopo, assets / "lopo_products.png")
         figures["lopo"] = Figure("lopo_products.png", "Leave-one-product-out MAE per product.")
+    if embeddings is not None:
+        tsne_plot(embeddings.values, embeddings.shapes, shapes, assets / "tsne_cls.png", groups=embeddings.folds,
+                  title=f"CLS embeddings: {embeddings.run.label}, {embeddings.run.metrics['task']} run")
+        figures["tsne"] = Figure(
+            "tsne_cls.png", f"t-SNE of the CLS embeddings (`{embeddings.run.path.name}`, paper split), coloured by "
+            "measured shape, as the paper's Figure 3c: each fold's held-out recipes through that fold's model (first "
+            "ensemble member), one map per fold, since every model has its own embedding space.")
     return figures
 
 
@@ -281,6 +335,8 @@ def render(runs: list[Run], figures: dict[str, Figure], assets: Path, document: 
     parts += embed("size")
     parts += ["### Shape (accuracy over the 11 shapes; failed syntheses excluded)", "", shape_table(runs), ""]
     parts += embed("shape")
+    if "tsne" in figures:
+        parts += ["### Recipe embeddings", ""] + embed("tsne")
     if "lopo" in figures:
         parts += ["### Leave-one-product-out (size)", "", lopo_table(runs), ""] + embed("lopo")
     return "\n".join(parts).rstrip() + "\n"
@@ -295,8 +351,9 @@ def replace_block(document: str, block: str, source: str) -> str:
 
 
 def report(run_dirs: list[str], out: Path, assets: Path, shapes_path: Path, paper_predictions_path: Path,
-           readme: Optional[Path] = None) -> str:
-    """Write `out` (and README's results block), figures into `assets`; return the text of `out`."""
+           readme: Optional[Path] = None, data_dir: Optional[Path] = None, feats_path: Optional[Path] = None) -> str:
+    """Write `out` (and README's results block), figures into `assets`; return the text of `out`. The t-SNE needs
+    the data (`data_dir`, `feats_path`) to embed the held-out rows again."""
     finished = [d for d in run_dirs if (Path(d) / "metrics.json").is_file()]
     for unfinished in sorted(set(run_dirs) - set(finished)):
         print(f"warning: {unfinished}: no metrics.json (unfinished run?), left out of the report", file=sys.stderr)
@@ -305,7 +362,14 @@ def report(run_dirs: list[str], out: Path, assets: Path, shapes_path: Path, pape
         raise ReportError("none of the run folders holds a metrics.json")
     shapes = [s.strip() for s in shapes_path.read_text().splitlines() if s.strip()] if shapes_path.is_file() \
         else [str(k) for k in range(11)]
-    figures = make_figures(runs, assets, shapes, load_paper_predictions(paper_predictions_path))
+    source = embedding_run(runs)
+    embeddings = None
+    if source is not None and data_dir is not None and feats_path is not None:
+        if feats_path.is_file() and data_dir.is_dir():
+            embeddings = load_embeddings(source, data_dir, feats_path)
+        else:
+            print(f"warning: {data_dir} or {feats_path} missing: no t-SNE of {source.path}", file=sys.stderr)
+    figures = make_figures(runs, assets, shapes, load_paper_predictions(paper_predictions_path), embeddings)
     text = render(runs, figures, assets, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, text)

@@ -1,7 +1,8 @@
 """A run: folds of one config, each trained and scored once, in a run folder that can be resumed.
 
 Run folder: config.json, log.txt (ends with upstream's `- eval - name: value` lines), metrics.json, oof_predictions.csv,
-fold<k>.json (a finished fold's scores and predictions) and fold<k>.pt (everything prediction needs).
+fold<k>.json (a finished fold's scores and predictions; for a tree model also its hyper-parameter `selection`) and, for
+a neural model, fold<k>.pt (everything prediction needs).
 """
 from __future__ import annotations
 
@@ -26,11 +27,11 @@ from .descriptors import DescriptorStore, load_descriptors
 from .encode import Encoder, descriptor_matrix, encode, fit_encoder, unknown_substances
 from .engine import ensemble_predict, train_member
 from .metrics import SHAPE_METRICS, SIZE_METRICS, mean_metrics, shape_metrics, size_metrics
-from .model import RecipeTransformer
+from .model import MODELS
 from .recipes import is_solid, load_dataset, series_keys
 from .splits import Fold, combined_table, make_folds, task_rows
 
-NEURAL_MODELS = ("transformer",)
+NEURAL_MODELS = tuple(MODELS)  # trained by engine.train_member; the rest are baselines.fit_tree_fold
 
 
 class RunError(RuntimeError):
@@ -145,11 +146,12 @@ def fold_data(cfg: Config, table: pd.DataFrame, fold: Fold, n_shapes: int) -> Fo
 
 def make_model_factory(cfg: Config, encoder: Encoder, store: DescriptorStore, n_shapes: int):
     descriptors = descriptor_matrix(encoder, store)
-    return lambda: RecipeTransformer(cfg, descriptors, len(encoder.condition_names), n_shapes,
-                                     encoder.size_center, encoder.size_scale)
+    model_class = MODELS[cfg.model]
+    return lambda: model_class(cfg, descriptors, len(encoder.condition_names), n_shapes,
+                               encoder.size_center, encoder.size_scale)
 
 
-def fit_transformer_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shapes: int, logger):
+def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shapes: int, logger):
     encoder = fit_encoder(data.train, store, cfg.amount_scaling, cfg.use_product, cfg.size_as_input)
     train_batch = encode(data.train, encoder, data.train_weak)
     valid_batch = encode(data.valid, encoder)
@@ -217,6 +219,26 @@ def load_fold_models(path: Path, store: DescriptorStore) -> FoldCheckpoint:
     return FoldCheckpoint(cfg, encoder, members, checkpoint["n_shapes"], checkpoint.get("lgbm"))
 
 
+@torch.no_grad()
+def oof_embeddings(run_dir: Path, table: pd.DataFrame,
+                   store: DescriptorStore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Out-of-fold `cls_embedding`s: each fold's held-out rows through that fold's checkpoint. Returns the embeddings,
+    the rows' shape indices and fold names. Only the first ensemble member: every model has its own space, so
+    neither members nor folds can be averaged or mixed."""
+    cfg = Config.load(run_dir / "config.json")
+    values, shapes, names = [], [], []
+    for fold in make_folds(table, cfg.split, cfg.n_folds, cfg.seed, cfg.object_name):
+        if (run_dir / f"{fold.name}.pt").is_file():
+            saved = load_fold_models(run_dir / f"{fold.name}.pt", store)
+            valid = table.iloc[fold.valid]
+            values.append(saved.members[0].cls_embedding(encode(valid, saved.encoder)).numpy())
+            shapes.append(valid["Y3"].to_numpy())
+            names.append(np.full(len(valid), fold.name, dtype=object))
+    if not values:
+        raise RunError(f"{run_dir}: no fold checkpoint (fold<k>.pt)")
+    return np.concatenate(values), np.concatenate(shapes), np.concatenate(names)
+
+
 def primary_metrics(cfg: Config) -> tuple[str, ...]:
     return SIZE_METRICS if cfg.task == "size" else SHAPE_METRICS
 
@@ -262,7 +284,7 @@ def run_fold(cfg: Config, run_dir: Path, outer: Fold) -> None:
     logger.info(f"{fold.name}: {len(data.train)} training rows ({int((data.train_weak & ~failed).sum())} weak, "
                 f"{int(failed.sum())} failed syntheses), {len(data.valid)} validation rows")
     if cfg.model in NEURAL_MODELS:
-        prediction, checkpoint = fit_transformer_fold(cfg, data, store, dataset.n_shapes, logger)
+        prediction, checkpoint = fit_neural_fold(cfg, data, store, dataset.n_shapes, logger)
         write_atomic(run_dir / f"{outer.name}.pt", lambda temp: torch.save(checkpoint, temp))
     else:
         from .baselines import fit_tree_fold
@@ -273,6 +295,8 @@ def run_fold(cfg: Config, run_dir: Path, outer: Fold) -> None:
     record = {"fold": outer.name, "scored_on": "inner" if cfg.inner_val_frac else "held-out",
               "metrics": scores, "wall_s": time.time() - fold_start,
               "predictions": predictions.to_dict(orient="list")}
+    if "selection" in prediction:  # tree baselines: the chosen parameters and every candidate's inner score
+        record["selection"] = prediction["selection"]
     write_text(run_dir / f"{outer.name}.json", json.dumps(record))
     logger.info(f"{fold.name}: " + ", ".join(f"{k} {scores[k]:.4f}" for k in primary_metrics(cfg))
                 + f" ({record['wall_s']:.0f} s)")
@@ -312,17 +336,20 @@ def run_experiment(cfg: Config, command: str = "") -> Path:
 def selection_note(cfg: Config) -> str:
     if cfg.inner_val_frac:
         return "scored on an inner validation part of the training rows (tuning run)"
-    if cfg.model in NEURAL_MODELS:
-        blend = (f"; averaged with LightGBM (weight {cfg.lgbm_blend}, its hyper-parameters by inner CV on the fold's "
-                 "training rows)") if cfg.lgbm_blend else ""
+    blend = (f"; averaged with LightGBM (weight {cfg.lgbm_blend}, its hyper-parameters by inner CV on the fold's "
+             "training rows)") if cfg.lgbm_blend else ""
+    if cfg.model == "transformer":
         return "fixed schedule chosen on inner validation (no selection on the held-out fold)" + blend
+    if cfg.model in NEURAL_MODELS:
+        return "fixed hyper-parameters set in advance, no search (no selection on the held-out fold)" + blend
     return "hyper-parameters by inner cross-validation on the fold's training rows"
 
 
 def finish_run(cfg: Config, run_dir: Path, folds: list[Fold], logger, command: str, wall_s: float) -> dict:
     records = [json.loads((run_dir / f"{f.name}.json").read_text()) for f in folds]
     names = primary_metrics(cfg)
-    per_fold = [{"fold": r["fold"], **r["metrics"], "wall_s": r["wall_s"]} for r in records]
+    per_fold = [{"fold": r["fold"], **r["metrics"], "wall_s": r["wall_s"],
+                 **({"selection": r["selection"]} if "selection" in r else {})} for r in records]
     metrics = {
         "task": cfg.task, "model": cfg.model, "split": "lopo" if cfg.object_name else cfg.split,
         "object_name": cfg.object_name, "preset": cfg.preset, "seed": cfg.seed,

@@ -6,10 +6,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nanocrystal.config import ROOT
+from nanocrystal.config import ROOT, resolve
 from nanocrystal.convert import Conversion, convert_frame, read_sheet
 from nanocrystal.descriptors import DescriptorStore, load_descriptors
 from nanocrystal.recipes import RECIPES_FILE, Dataset, load_dataset
+from nanocrystal.runs import run_experiment
 from nanocrystal.splits import combined_table
 
 SHEET_FILE = "source/Raw recipe dataset.xlsx"
@@ -60,3 +61,22 @@ def sheet(sheet_path: Path) -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def conversion(sheet: pd.DataFrame, sheet_path: Path, dataset: Dataset) -> Conversion:
     return Conversion(*convert_frame(sheet, str(sheet_path), dataset.shapes))
+
+
+def _tiny_run(tmp_path_factory, task: str) -> Path:
+    path = tmp_path_factory.mktemp("runs") / task
+    # seconds: two folds, one epoch; the shape run without the 5,245 failed syntheses (its failed head still exists)
+    cfg = resolve("tiny", {"task": task, "folds": [0, 1], "epochs": 1, "threads": 1, "use_failures": False,
+                           "save_path": str(path)})
+    return run_experiment(cfg)
+
+
+@pytest.fixture(scope="session")
+def size_run(tmp_path_factory) -> Path:
+    """A finished tiny transformer size run (folds 0 and 1 of the paper split) with its checkpoints."""
+    return _tiny_run(tmp_path_factory, "size")
+
+
+@pytest.fixture(scope="session")
+def shape_run(tmp_path_factory) -> Path:
+    return _tiny_run(tmp_path_factory, "shape")

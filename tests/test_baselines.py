@@ -1,18 +1,25 @@
-"""Tree baselines and their recipe vector, on small slices of the real data (seconds)."""
+"""Baselines: trees and their recipe vector, the MLP and LSTM, on small slices of the real data (seconds)."""
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.exceptions import NotFittedError
 
 from nanocrystal.baselines import WEAK_WEIGHTS, candidates, fit_tree_fold, inner_splits, predict, selection_summary
 from nanocrystal.config import resolve
 from nanocrystal.descriptors import DescriptorStore
+from nanocrystal.encode import encode, fit_encoder
+from nanocrystal.engine import ensemble_predict, train_member
 from nanocrystal.features import USED_NAMES, RecipeFeaturizer
+from nanocrystal.model import MODELS
+from nanocrystal.predict import load_predictor
 from nanocrystal.recipes import is_solid, series_keys
+from nanocrystal.runs import NEURAL_MODELS, load_fold_models, make_model_factory, run_experiment
 from nanocrystal.splits import paper_folds, task_rows
 
 
@@ -125,3 +132,79 @@ def test_augmented_rows_are_refused(fold_slice, descriptors):
     with pytest.raises(ValueError, match="augmented"):
         fit_tree_fold(cfg, SimpleNamespace(train=train, valid=valid, train_weak=np.zeros(len(train), bool)),
                       descriptors, 11)
+
+
+# ---- the neural baselines -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model", ["mlp", "lstm"])
+def test_neural_baseline_learns_and_predicts(fold_slice, descriptors, model):
+    train, valid = fold_slice
+    cfg = resolve("tiny", {"model": model, "epochs": 8, "lr": 3e-3, "batch_size": 64})
+    encoder = fit_encoder(train, descriptors, "log", True, False)
+    factory = make_model_factory(cfg, encoder, descriptors, 11)
+    assert type(factory()) is MODELS[model] and model in NEURAL_MODELS
+    snapshots, losses = train_member(factory, encode(train, encoder), cfg, seed=0)
+    assert losses[-1] < 0.7 * losses[0]
+    prediction = ensemble_predict(snapshots, encode(valid, encoder))
+    assert prediction["size"].shape == (40,) and np.isfinite(prediction["size"]).all()
+    assert prediction["shape"].shape == (40, 11) and np.allclose(prediction["shape"].sum(axis=1), 1.0)
+    assert prediction["failed"].shape == (40,)
+    assert snapshots[0].cls_embedding(encode(valid, encoder)).shape == (40, cfg.d_model)
+
+
+@pytest.mark.parametrize("model", ["transformer", "mlp", "lstm"])
+def test_a_recipe_is_read_the_same_in_any_batch(fold_slice, descriptors, model):
+    """A batch keeps only as many slots as its fullest recipe, and padding slots hold non-zero tokens: every model
+    must give a recipe the same output whatever the batch around it."""
+    train, valid = fold_slice
+    encoder = fit_encoder(train, descriptors, "log", True, False)
+    torch.manual_seed(0)
+    net = make_model_factory(resolve("tiny", {"model": model}), encoder, descriptors, 11)().eval()
+    whole = encode(valid, encoder)
+    counts = whole.present.sum(1)
+    small = int(torch.argmin(counts))
+    assert counts[small] < whole.present.shape[1]  # the row really is padded in the whole batch
+    alone = encode(valid.iloc[[small]], encoder)
+    assert alone.present.shape[1] == counts[small]
+    with torch.no_grad():
+        torch.testing.assert_close(net.cls_embedding(alone)[0], net.cls_embedding(whole)[small])
+
+
+@pytest.fixture(scope="module")
+def mlp_run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("runs") / "mlp"
+    return run_experiment(resolve("tiny", {"model": "mlp", "folds": [0], "threads": 1, "save_path": str(path)}))
+
+
+def test_mlp_checkpoint_round_trips(mlp_run, table, descriptors):
+    saved = load_fold_models(mlp_run / "fold0.pt", descriptors)
+    cfg, encoder, members = saved.cfg, saved.encoder, saved.members
+    assert cfg.model == "mlp" and all(type(m) is MODELS["mlp"] for m in members)
+    valid = table.iloc[paper_folds(table, 5, 0)[0].valid]
+    saved = pd.read_csv(mlp_run / "oof_predictions.csv")["pred"].to_numpy()
+    np.testing.assert_allclose(ensemble_predict(members, encode(valid, encoder))["size"], saved, rtol=1e-5, atol=1e-5)
+    metrics = json.loads((mlp_run / "metrics.json").read_text())
+    assert metrics["model"] == "mlp" and metrics["selection"].startswith("fixed hyper-parameters")
+    assert "selection" not in metrics["per_fold"][0]  # nothing was chosen per fold
+
+
+def test_predict_takes_an_mlp_run(mlp_run, table, descriptors):
+    predictor = load_predictor(mlp_run)
+    rows = table.iloc[paper_folds(table, 5, 0)[0].valid[:5]]
+    saved = load_fold_models(mlp_run / "fold0.pt", descriptors)
+    expected = ensemble_predict(saved.members, encode(rows, saved.encoder))["size"]
+    np.testing.assert_allclose(predictor.predict(rows)["size_nm"], expected, rtol=1e-5)
+
+
+def test_tree_fold_record_keeps_its_selection(tmp_path):
+    path = tmp_path / "dt"
+    run_experiment(resolve("cpu", {"model": "dt", "task": "shape", "use_failures": False, "folds": [0],
+                                   "threads": 1, "workers": 1, "save_path": str(path)}))
+    selection = json.loads((path / "fold0.json").read_text())["selection"]
+    assert selection["summary"] == selection_summary("dt", "shape") and selection["inner_metric"] == "1 - accuracy"
+    scores = [c["inner_score"] for c in selection["candidates"]]
+    assert len(scores) == len(candidates("dt", "shape"))
+    best = selection["candidates"][int(np.argmin(scores))]
+    assert selection["params"] == best["params"] and 0.0 < min(scores) < 1.0
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert metrics["per_fold"][0]["selection"] == selection

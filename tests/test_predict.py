@@ -1,4 +1,4 @@
-"""predict and design on tiny real runs (two folds of the paper split, tiny preset), built once per session."""
+"""predict and design on tiny real runs (conftest.py: size_run, shape_run), built once per session."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,24 +17,6 @@ from nanocrystal.predict import (CACHE_FILE, load_predictor, load_run, read_reci
 from nanocrystal.runs import load_fold_models, run_experiment
 
 EXAMPLES = ROOT / "examples"
-
-
-def _tiny_run(tmp_path_factory, task: str) -> Path:
-    path = tmp_path_factory.mktemp("runs") / task
-    # seconds: two folds, one epoch; the shape run without the 5,245 failed syntheses (its failed head still exists)
-    cfg = resolve("tiny", {"task": task, "folds": [0, 1], "epochs": 1, "threads": 1, "use_failures": False,
-                           "save_path": str(path)})
-    return run_experiment(cfg)
-
-
-@pytest.fixture(scope="session")
-def size_run(tmp_path_factory) -> Path:
-    return _tiny_run(tmp_path_factory, "size")
-
-
-@pytest.fixture(scope="session")
-def shape_run(tmp_path_factory) -> Path:
-    return _tiny_run(tmp_path_factory, "shape")
 
 
 @pytest.fixture(scope="session")

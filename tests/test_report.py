@@ -6,9 +6,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from nanocrystal.encode import encode
 from nanocrystal.report import (README_BEGIN, README_END, ReportError, load_run, lopo_table, report, same_rows,
                                 shape_table, size_table, tsne_plot)
+from nanocrystal.runs import load_fold_models, oof_embeddings
+from nanocrystal.splits import paper_folds
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 
@@ -104,6 +108,37 @@ def test_tsne_plot(tmp_path):
     assert (tmp_path / "tsne.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="40 embeddings but 3 labels"):
         tsne_plot(embeddings, np.zeros(3), ["a"], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="and 2 groups"):
+        tsne_plot(embeddings, np.zeros(40), ["a"], tmp_path / "x.png", groups=np.zeros(2))
+
+
+def test_oof_embeddings_are_each_folds_held_out_rows(size_run, table, descriptors):
+    values, shapes, folds = oof_embeddings(size_run, table, descriptors)
+    valid = [paper_folds(table, 5, 0)[k].valid for k in (0, 1)]
+    assert values.shape == (248, 16) and list(folds) == ["fold0"] * 124 + ["fold1"] * 124
+    np.testing.assert_array_equal(shapes, table["Y3"].to_numpy()[np.concatenate(valid)])
+    # fold1's rows went through fold1's own model (its first member), not fold0's
+    fold1 = load_fold_models(size_run / "fold1.pt", descriptors)
+    with torch.no_grad():
+        expected = fold1.members[0].cls_embedding(encode(table.iloc[valid[1]], fold1.encoder)).numpy()
+    np.testing.assert_allclose(values[124:], expected, rtol=1e-5, atol=1e-6)
+    fold0 = load_fold_models(size_run / "fold0.pt", descriptors)
+    with torch.no_grad():
+        other = fold0.members[0].cls_embedding(encode(table.iloc[valid[1]], fold0.encoder)).numpy()
+    assert not np.allclose(values[124:], other, atol=1e-3)
+
+
+def test_report_draws_the_tsne_of_a_transformer_run(size_run, shape_run, data_dir, feats_path, tmp_path):
+    out, assets = tmp_path / "results.md", tmp_path / "assets"
+    shapes = data_dir / "shapes_list.txt"
+    text = report([str(size_run), str(shape_run)], out, assets, shapes, tmp_path / "none.csv",
+                  data_dir=data_dir, feats_path=feats_path)
+    assert (assets / "tsne_cls.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![tsne_cls.png](assets/tsne_cls.png)" in text
+    assert f"(`{shape_run.name}`, paper split)" in text  # the shape run is preferred to the size run
+    # without the data, no t-SNE (and no error)
+    again = report([str(size_run)], tmp_path / "r2.md", tmp_path / "assets2", shapes, tmp_path / "none.csv")
+    assert "tsne_cls.png" not in again and not (tmp_path / "assets2" / "tsne_cls.png").exists()
 
 
 def test_cli_report_leaves_out_unfinished_runs(tmp_path, capsys):
