@@ -23,7 +23,7 @@ import pandas as pd  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
 from .metrics import SIZE_METRICS  # noqa: E402
-from .runs import write_atomic, write_text  # noqa: E402
+from .runs import NEURAL_MODELS, write_atomic, write_text  # noqa: E402
 
 # The paper's figures (arXiv 2412.10838): 5-fold paper split, seed 0; leave-one-product-out with pretrain + finetune.
 PAPER_SIZE = {"transformer": {"mae": 1.3995, "r2": 0.7198}, "dt": {"mae": 2.0495}, "rf": {"mae": 1.6307},
@@ -48,11 +48,13 @@ class Run:
     @property
     def label(self) -> str:
         name = MODEL_NAMES.get(self.metrics["model"], self.metrics["model"])
+        if self.config.get("lgbm_blend") and self.metrics["model"] in NEURAL_MODELS:
+            name += f" + LightGBM ({self.config['lgbm_blend']:g})"
         extras = []
         if self.metrics["task"] == "shape":
             extras.append("measured size given" if self.config.get("size_as_input") else "recipe only")
         if self.config.get("augmented"):
-            extras.append("augmented")
+            extras.append(f"augmented: {Path(self.config['augmented']).name}")
         return name + (f" ({', '.join(extras)})" if extras else "")
 
 

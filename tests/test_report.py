@@ -153,3 +153,13 @@ def test_cli_report_leaves_out_unfinished_runs(tmp_path, capsys):
     assert "| Random forest | paper | 1.5500 |" in out.read_text()
     assert main(["report", str(unfinished), *common]) == 2
     assert "none of the run folders holds a metrics.json" in capsys.readouterr().err
+
+
+def test_labels_name_the_lightgbm_blend_of_neural_runs_only(runs):
+    size_runs = {r.metrics["model"]: r for r in runs if r.metrics["task"] == "size"}
+    blended = type(size_runs["transformer"])(size_runs["transformer"].path, size_runs["transformer"].metrics,
+                                             {"lgbm_blend": 0.5, "augmented": "data/augmented-k20"})
+    assert blended.label == "Transformer + LightGBM (0.5) (augmented: augmented-k20)"
+    # the cpu preset sets lgbm_blend for every model; a tree run is never blended
+    forest = type(size_runs["rf"])(size_runs["rf"].path, size_runs["rf"].metrics, {"lgbm_blend": 0.5})
+    assert forest.label == "Random forest"
