@@ -8,10 +8,8 @@
 # recipe rows, hyper-parameters by inner CV): 0.813 -> 0.838 inner accuracy with the size given (docs/shape_and_lopo.md).
 # Then both runs' accuracy and weighted F1/recall/precision side by side.
 #
-# Time (estimate, to be measured): a shape fold trains on ~8,610 rows; the cpu-preset model (d_model 32, depth 2,
-# d_ffn 64, batch 128) measured 3.2-3.3 CPU-s per epoch on one thread (3.9 for a process's first epoch), i.e.
-# ~0.38 ms per row as for size. 40 epochs x 1 member ~ 135 s + ~15 s loading per fold; 5 folds on 2 workers take
-# 3 rounds ~ 7.5-8 min per run, ~16 min for both (20 min budget on 2 unshared cores).
+# Time: measured 11.1 min for both runs on the 2-core machine (fresh clone, set-up included; 5.3 + 5.4 min of
+# training): 40 epochs x 1 member per fold, 5 folds on 2 workers. Accuracy: docs/shape_and_lopo.md.
 #
 # Extra arguments go to both runs (e.g. --split grouped, --use_product, --epochs 60). --save_path P names the two
 # run folders P-sizein and P-recipe (pass the same P with --resume to finish an interrupted pair).

@@ -6,9 +6,8 @@
 # validated on the paper split's inner folds only, never on a held-out product. Prints MAE, MAPE, R² per product beside the paper's
 # pretrain-finetune MAE.
 #
-# Time (estimate, to be measured): a held-out product leaves 2,272 (PbSe) to 2,581 training rows; the cpu-preset model
-# measured 0.85-1.07 CPU-s per epoch on one thread, so 150 epochs x 3 members ~ 6.5-8 min per product; 4 products on
-# 2 workers ~ 16-17 min (30 min budget on 2 unshared cores; --n_members 4 would be ~ 21 min).
+# Time: measured 8.3 min on the 2-core machine (fresh clone, set-up included): 150 epochs x 2 members per product,
+# 2 products at a time. Results: docs/shape_and_lopo.md.
 #
 # Extra arguments go to train.py (e.g. --use_product, --augmented data/augmented, --object_name PbSe).
 set -euo pipefail
