@@ -53,6 +53,8 @@ class Run:
         extras = []
         if self.metrics["task"] == "shape":
             extras.append("measured size given" if self.config.get("size_as_input") else "recipe only")
+        if self.metrics.get("object_name") and self.config.get("use_product"):
+            extras.append("product token")  # upstream drops it for unseen products
         if self.config.get("augmented"):
             extras.append(f"augmented: {Path(self.config['augmented']).name}")
         return name + (f" ({', '.join(extras)})" if extras else "")

@@ -163,3 +163,6 @@ def test_labels_name_the_lightgbm_blend_of_neural_runs_only(runs):
     # the cpu preset sets lgbm_blend for every model; a tree run is never blended
     forest = type(size_runs["rf"])(size_runs["rf"].path, size_runs["rf"].metrics, {"lgbm_blend": 0.5})
     assert forest.label == "Random forest"
+    lopo = [r for r in runs if r.metrics.get("object_name")][0]
+    assert type(lopo)(lopo.path, lopo.metrics, {"use_product": True}).label == "Transformer (product token)"
+    assert type(lopo)(lopo.path, lopo.metrics, {"use_product": False}).label == "Transformer"
