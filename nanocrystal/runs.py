@@ -179,6 +179,7 @@ def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shape
 
         checkpoint["lgbm"] = fit_blend(cfg, data, store, n_shapes)
         prediction = blend(cfg, prediction, predict_blend(checkpoint["lgbm"], store, data.valid, n_shapes))
+        prediction["selection"] = {"lgbm_blend": json.loads(checkpoint["lgbm"]["selection"])}  # kept in fold<k>.json
     return prediction, checkpoint
 
 

@@ -1,6 +1,7 @@
 """predict and design on tiny real runs (conftest.py: size_run, shape_run), built once per session."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,8 @@ def test_lgbm_blend_is_saved_and_predict_applies_it(tmp_path, table, descriptors
                                           "save_path": str(tmp_path / "blend")}))
     saved = load_fold_models(run / "fold0.pt", descriptors)
     assert saved.lgbm is not None and "booster" in saved.lgbm
+    record = json.loads((run / "fold0.json").read_text())
+    assert record["selection"]["lgbm_blend"]["inner_metric"] == "mae"  # LightGBM's inner-CV choice is on record
     oof = pd.read_csv(run / "oof_predictions.csv")
     valid = table[table["ID"].isin(oof["ID"])].set_index("ID").loc[oof["ID"]].reset_index()
     transformer_nm = ensemble_predict(saved.members, encode(valid, saved.encoder))["size"]
