@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Shared by the best_*.sh scripts: set up, train one preset over its folds, print the run folder and its metrics.
-# Usage: scripts/run_task.sh NAME TRAIN_ARGS... -- USER_ARGS...   (user arguments win: argparse keeps the last)
+# Usage: scripts/run_task.sh NAME TRAIN_ARGS... -- USER_ARGS...   (user arguments win: argparse keeps the last; a user --save_path names the run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -9,12 +9,12 @@ save="runs/${name}-$(date +%Y%m%d-%H%M%S)"
 args=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do args+=("$1"); shift; done
 [ $# -gt 0 ] && shift
-user=("$@")
-for i in "${!user[@]}"; do
-  [ "${user[$i]}" = "--save_path" ] && save="${user[$((i + 1))]}"
+user=()
+while [ $# -gt 0 ]; do  # a --save_path of the user's replaces the default (and is passed once)
+  if [ "$1" = "--save_path" ] && [ $# -gt 1 ]; then save=$2; shift 2; else user+=("$1"); shift; fi
 done
 start=$(date +%s)
-"$PY" train.py "${args[@]}" --save_path "$save" "$@"
+"$PY" train.py "${args[@]}" --save_path "$save" ${user[@]+"${user[@]}"}
 run=$save
 echo "run folder: $run  (wall time $(( $(date +%s) - start )) s)"
 "$PY" -c "import json,sys; m=json.load(open(sys.argv[1])); print(json.dumps(m['mean'], indent=2))" "$run/metrics.json"
