@@ -267,13 +267,26 @@ def fit_blend(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> dict[
             "classes": torch.as_tensor(classes, dtype=torch.long), "selection": json.dumps(fitted.selection)}
 
 
-def predict_blend(state: dict[str, Any], store: DescriptorStore, table: pd.DataFrame, n_shapes: int) -> np.ndarray:
-    """Size in nm, or (rows, n_shapes) shape probabilities, from a `fit_blend` entry."""
-    x = RecipeFeaturizer.from_state(state["features"], store).transform(table)
-    with threadpool_limits(limits=1):
-        raw = lgb.Booster(model_str=state["booster"]).predict(x, num_threads=1)
-    if not len(state["classes"]):
-        return raw
-    proba = np.zeros((len(table), n_shapes))
-    proba[:, state["classes"].numpy()] = raw
-    return proba
+@dataclass(frozen=True)
+class BlendModel:
+    """A fold's --lgbm_blend LightGBM model rebuilt from its checkpoint entry, parsed once for many predictions."""
+    features: RecipeFeaturizer
+    booster: lgb.Booster
+    classes: np.ndarray  # shape task: the classes the booster's columns stand for; empty for size
+    n_shapes: int
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], store: DescriptorStore, n_shapes: int) -> "BlendModel":
+        return cls(RecipeFeaturizer.from_state(state["features"], store), lgb.Booster(model_str=state["booster"]),
+                   state["classes"].numpy(), n_shapes)
+
+    def predict(self, table: pd.DataFrame) -> np.ndarray:
+        """Size in nm, or (rows, n_shapes) shape probabilities."""
+        x = self.features.transform(table)
+        with threadpool_limits(limits=1):
+            raw = self.booster.predict(x, num_threads=1)
+        if not len(self.classes):
+            return raw
+        proba = np.zeros((len(table), self.n_shapes))
+        proba[:, self.classes] = raw
+        return proba

@@ -22,9 +22,7 @@ import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -32,6 +30,7 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from .config import Config
+from .baselines import BlendModel
 from .convert import convert_file, write_csv_atomic
 from .descriptors import load_descriptors
 from .encode import Encoder, encode, unknown_substances
@@ -112,7 +111,7 @@ class FoldModels:
     encoder: Encoder
     members: list[torch.nn.Module]
     references: list[Reference]  # one per member
-    lgbm_predict: Callable[[pd.DataFrame], np.ndarray | None]  # the fold's LightGBM model (--lgbm_blend), else None
+    lgbm: BlendModel | None  # the fold's LightGBM model (--lgbm_blend runs)
 
 
 @dataclass
@@ -257,7 +256,7 @@ def load_run(path: str | Path) -> Run:
     folds = [FoldModels(name, saved.encoder, saved.members,
                         [Reference(NearestNeighbors(n_neighbors=1).fit(arrays[f"{name}__{k}"]),
                                    float(arrays[f"{name}__{k}__threshold"])) for k in range(len(saved.members))],
-                        partial(saved.lgbm_predict, store=store))
+                        saved.lgbm)
              for name, saved in loaded.items()]
     return Run(run_dir, cfg, folds, arrays["range_low"], arrays["range_high"])
 
@@ -276,7 +275,7 @@ def run_outputs(run: Run, table: pd.DataFrame) -> RunOutput:
     per_model, ratios = [], []
     for fold in run.folds:
         batch = encode(table, fold.encoder)
-        lgbm = fold.lgbm_predict(table)
+        lgbm = None if fold.lgbm is None else fold.lgbm.predict(table)
         for member, reference in zip(fold.members, fold.references):
             prediction = model_predict(member, batch)
             # each member blended as in training: the members' mean is then the fold's blended prediction

@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,9 @@ from .metrics import SHAPE_METRICS, SIZE_METRICS, mean_metrics, shape_metrics, s
 from .model import MODELS
 from .recipes import is_solid, load_dataset, series_keys
 from .splits import Fold, combined_table, make_folds, task_rows
+
+if TYPE_CHECKING:  # baselines (LightGBM, scikit-learn) is imported only when a run uses it
+    from .baselines import BlendModel
 
 NEURAL_MODELS = tuple(MODELS)  # trained by engine.train_member; the rest are baselines.fit_tree_fold
 
@@ -175,10 +179,11 @@ def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shape
         "members": [m.state_dict() for m in members],
     }
     if cfg.lgbm_blend:
-        from .baselines import fit_blend, predict_blend
+        from .baselines import BlendModel, fit_blend
 
         checkpoint["lgbm"] = fit_blend(cfg, data, store, n_shapes)
-        prediction = blend(cfg, prediction, predict_blend(checkpoint["lgbm"], store, data.valid, n_shapes))
+        lgbm = BlendModel.from_state(checkpoint["lgbm"], store, n_shapes)
+        prediction = blend(cfg, prediction, lgbm.predict(data.valid))
         prediction["selection"] = {"lgbm_blend": json.loads(checkpoint["lgbm"]["selection"])}  # kept in fold<k>.json
     return prediction, checkpoint
 
@@ -197,12 +202,7 @@ class FoldCheckpoint:
     encoder: Encoder
     members: list[torch.nn.Module]
     n_shapes: int
-    lgbm: dict | None
-
-    def lgbm_predict(self, table: pd.DataFrame, store: DescriptorStore) -> np.ndarray | None:
-        from .baselines import predict_blend
-
-        return None if self.lgbm is None else predict_blend(self.lgbm, store, table, self.n_shapes)
+    lgbm: BlendModel | None
 
 
 def load_fold_models(path: Path, store: DescriptorStore) -> FoldCheckpoint:
@@ -217,7 +217,12 @@ def load_fold_models(path: Path, store: DescriptorStore) -> FoldCheckpoint:
         model.load_state_dict(state)
         model.eval()
         members.append(model)
-    return FoldCheckpoint(cfg, encoder, members, checkpoint["n_shapes"], checkpoint.get("lgbm"))
+    lgbm = None
+    if "lgbm" in checkpoint:
+        from .baselines import BlendModel
+
+        lgbm = BlendModel.from_state(checkpoint["lgbm"], store, checkpoint["n_shapes"])
+    return FoldCheckpoint(cfg, encoder, members, checkpoint["n_shapes"], lgbm)
 
 
 @torch.no_grad()

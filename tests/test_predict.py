@@ -164,13 +164,13 @@ def test_lgbm_blend_is_saved_and_predict_applies_it(tmp_path, table, descriptors
     run = run_experiment(resolve("tiny", {"folds": [0], "epochs": 1, "threads": 1, "lgbm_blend": 0.4,
                                           "save_path": str(tmp_path / "blend")}))
     saved = load_fold_models(run / "fold0.pt", descriptors)
-    assert saved.lgbm is not None and "booster" in saved.lgbm
+    assert saved.lgbm is not None and not len(saved.lgbm.classes)  # a size model
     record = json.loads((run / "fold0.json").read_text())
     assert record["selection"]["lgbm_blend"]["inner_metric"] == "mae"  # LightGBM's inner-CV choice is on record
     oof = pd.read_csv(run / "oof_predictions.csv")
     valid = table[table["ID"].isin(oof["ID"])].set_index("ID").loc[oof["ID"]].reset_index()
     transformer_nm = ensemble_predict(saved.members, encode(valid, saved.encoder))["size"]
-    lgbm_nm = saved.lgbm_predict(valid, descriptors)
+    lgbm_nm = saved.lgbm.predict(valid)
     assert np.abs(transformer_nm - lgbm_nm).mean() > 0.01  # two different models, so the weight matters
     np.testing.assert_allclose(oof["pred"], 0.6 * transformer_nm + 0.4 * lgbm_nm, rtol=1e-5, atol=1e-5)
     predicted = load_predictor(run).predict(valid)["size_nm"].to_numpy()
