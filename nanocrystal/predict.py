@@ -23,6 +23,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,7 +31,6 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from .config import Config
-from .baselines import BlendModel
 from .convert import convert_file, write_csv_atomic
 from .descriptors import load_descriptors
 from .encode import Encoder, encode, unknown_substances
@@ -39,6 +39,9 @@ from .recipes import (AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, LABEL_COLUM
                       SHAPES_FILE, UNKNOWN, RecipeError, load_dataset, load_shapes, read_table)
 from .runs import NEURAL_MODELS, blend, load_fold_models
 from .splits import combined_table, make_folds, task_rows
+
+if TYPE_CHECKING:  # LightGBM is imported only when a run has a blend (runs.load_fold_models)
+    from .baselines import BlendModel
 
 CACHE_FILE = "applicability.npz"
 CACHE_VERSION = "4"  # change when the reference computation changes: old caches are then recomputed
