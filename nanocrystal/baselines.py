@@ -1,10 +1,12 @@
-"""Tree baselines (decision tree, random forest, HistGradientBoosting, LightGBM) on the fixed-length recipe vector.
+"""Tree baselines (decision tree, random forest, extra trees, HistGradientBoosting, LightGBM) on the fixed-length
+recipe vector.
 
-`fit_tree_fold` is what `runs.run_fold` calls for `--model dt|rf|hgb|lgbm`: same folds, pools and run folder as the
+`fit_tree_fold` is what `runs.run_fold` calls for `--model dt|rf|et|hgb|lgbm`: same folds, pools and run folder as the
 transformer. Selection is honest: every (hyper-parameters, weak-row weight) candidate of the small grids below is scored
 by a 3-fold inner cross-validation over the fold's *training* rows (grouped by recipe series for the grouped split, by
 product for leave-one-product-out), the best one is refitted on all training rows, and the held-out fold is predicted
-once. Weak rows (Num < 300) keep their label; for size they get a lower sample weight, chosen with the rest. Failures,
+once. Weak rows (Num < 300) keep their label; for size they get a lower sample weight, chosen with the rest, and every
+size model fits log(size) (see SIZE_TARGET). Failures,
 when the fold's training rows hold them (shape task with use_failures), are one more class whose probability becomes
 `failed`; without them `failed` is NaN (not modelled).
 """
@@ -19,8 +21,9 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.ensemble import (HistGradientBoostingClassifier, HistGradientBoostingRegressor, RandomForestClassifier,
-                              RandomForestRegressor)
+from sklearn.compose import TransformedTargetRegressor
+from sklearn.ensemble import (ExtraTreesClassifier, ExtraTreesRegressor, HistGradientBoostingClassifier,
+                              HistGradientBoostingRegressor, RandomForestClassifier, RandomForestRegressor)
 from sklearn.model_selection import GroupKFold
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 from threadpoolctl import threadpool_limits
@@ -31,13 +34,26 @@ from .features import RecipeFeaturizer
 from .metrics import shape_metrics, size_metrics
 from .recipes import PRODUCT_NAME, has_size, series_keys
 
-TREE_MODELS = ("dt", "rf", "hgb", "lgbm")
+TREE_MODELS = ("dt", "rf", "et", "hgb", "lgbm")
 INNER_FOLDS = 3
+
+# Size models fit log(size) and predict exp of it: sizes are positive and their errors grow with them. Inner 3-fold CV
+# over the training rows of all 5 paper-split folds (2,470 scored predictions, docs/size_ablations.md): LightGBM
+# 1.766 -> 1.737 nm, random forest 1.766 -> 1.738, extra trees 1.741 -> 1.718.
+SIZE_TARGET = (np.log, np.exp)
 
 # Sample weight of a weak row (a solid row weighs 1), per task. Size: part of the grid, since weak size labels are
 # noisy (few particles counted) but plentiful. Shape: 1, as in the transformer's shape loss; the particle count
 # concerns the size statistics, not the shape seen on the micrographs.
 WEAK_WEIGHTS: dict[str, tuple[float, ...]] = {"size": (0.1, 0.3, 1.0), "shape": (1.0,)}
+# Extra trees for size: weight 1, fixed (inner CV, docs/size_ablations.md: 1.697 nm against 1.718 at 0.3 and 1.714 at
+# 0.1); a third of the selection time, which the blend of best_size.sh pays in every fold.
+FIXED_WEAK_WEIGHTS: dict[tuple[str, str], tuple[float, ...]] = {("et", "size"): (1.0,)}
+
+
+def weak_weights(model: str, task: str) -> tuple[float, ...]:
+    return FIXED_WEAK_WEIGHTS.get((model, task), WEAK_WEIGHTS[task])
+
 
 # Grids tried in full (x WEAK_WEIGHTS), kept small so that a 5-fold run takes minutes on one core per fold. The fixed
 # values were set beforehand by the same kind of inner cross-validation on training rows (never the held-out folds):
@@ -45,14 +61,17 @@ WEAK_WEIGHTS: dict[str, tuple[float, ...]] = {"size": (0.1, 0.3, 1.0), "shape": 
 # differs only in temperature or time.
 GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {  # task -> model -> candidates
     "size": {"dt": [dict(min_samples_leaf=1), dict(min_samples_leaf=3), dict(min_samples_leaf=10)],
-             "rf": [{}], "hgb": [{}], "lgbm": [{}]},
+             "rf": [{}], "et": [{}], "hgb": [{}], "lgbm": [{}]},
     "shape": {"dt": [dict(min_samples_leaf=1), dict(min_samples_leaf=3), dict(min_samples_leaf=10)],
               "rf": [dict(max_features="sqrt"), dict(max_features=0.33)],
+              "et": [dict(max_features="sqrt"), dict(max_features=0.33)],
               "hgb": [dict(max_leaf_nodes=15), dict(max_leaf_nodes=31)],
               "lgbm": [dict(num_leaves=15), dict(num_leaves=31)]},
 }
 FIXED: dict[str, dict[str, dict[str, Any]]] = {  # task -> model -> fixed parameters
-    "size": {"dt": {}, "rf": dict(n_estimators=100, max_features=0.33),
+    # extra trees: fully grown, every feature a candidate at each split (inner CV: 1.697 against 1.718 with half;
+    # 100 trees 1.686, 200 trees 1.681 at twice the time and checkpoint size)
+    "size": {"dt": {}, "rf": dict(n_estimators=100, max_features=0.33), "et": dict(n_estimators=100, max_features=1.0),
              "hgb": dict(max_iter=100, learning_rate=0.1, max_leaf_nodes=31, min_samples_leaf=3, max_features=0.3,
                          l2_regularization=1.0),
              "lgbm": dict(n_estimators=300, learning_rate=0.08, num_leaves=63, min_child_samples=3,
@@ -61,7 +80,7 @@ FIXED: dict[str, dict[str, dict[str, Any]]] = {  # task -> model -> fixed parame
     # multiclass leaves finite: without it, HistGradientBoosting's training accuracy collapsed to 0.3 on one fold and
     # LightGBM's inner error reached 0.3-0.7 (0.17 with it, inner CV of folds 0 and 3; 150 rounds at rate 0.1 scored
     # 0.15-0.16 but cost 2.5x the time).
-    "shape": {"dt": {}, "rf": dict(n_estimators=100),
+    "shape": {"dt": {}, "rf": dict(n_estimators=100), "et": dict(n_estimators=100),
               "hgb": dict(max_iter=40, learning_rate=0.15, min_samples_leaf=5, max_features=0.3,
                           l2_regularization=1.0),
               "lgbm": dict(n_estimators=60, learning_rate=0.1, min_child_samples=5, colsample_bytree=0.3,
@@ -70,6 +89,7 @@ FIXED: dict[str, dict[str, dict[str, Any]]] = {  # task -> model -> fixed parame
 _ESTIMATORS = {
     ("dt", "size"): DecisionTreeRegressor, ("dt", "shape"): DecisionTreeClassifier,
     ("rf", "size"): RandomForestRegressor, ("rf", "shape"): RandomForestClassifier,
+    ("et", "size"): ExtraTreesRegressor, ("et", "shape"): ExtraTreesClassifier,
     ("hgb", "size"): HistGradientBoostingRegressor, ("hgb", "shape"): HistGradientBoostingClassifier,
     ("lgbm", "size"): lgb.LGBMRegressor, ("lgbm", "shape"): lgb.LGBMClassifier,
 }
@@ -82,16 +102,20 @@ class Candidate:
 
 
 def candidates(model: str, task: str) -> list[Candidate]:
-    return [Candidate(p, w) for p, w in product(GRIDS[task][model], WEAK_WEIGHTS[task])]
+    return [Candidate(p, w) for p, w in product(GRIDS[task][model], weak_weights(model, task))]
 
 
 def make_estimator(model: str, task: str, params: dict[str, Any], seed: int, n_jobs: int):
     if (model, task) not in _ESTIMATORS:
         raise ValueError(f"unknown tree model {model!r} or task {task!r}; models: {', '.join(TREE_MODELS)}")
     values = {**FIXED[task][model], **params, "random_state": seed}
-    if model in ("rf", "lgbm"):
+    if model in ("rf", "et", "lgbm"):
         values["n_jobs"] = n_jobs
-    return _ESTIMATORS[model, task](**values)
+    estimator = _ESTIMATORS[model, task](**values)
+    if task == "size":
+        forward, inverse = SIZE_TARGET
+        return TransformedTargetRegressor(estimator, func=forward, inverse_func=inverse, check_inverse=False)
+    return estimator
 
 
 def featurizer(cfg: Config, store: DescriptorStore) -> RecipeFeaturizer:
@@ -204,7 +228,7 @@ def selection_summary(model: str, task: str) -> str:
     """One line for metrics.json: how a tree run chose its hyper-parameters."""
     grid = GRIDS[task][model]
     axes = [f"{k} in {[g[k] for g in grid]}" for k in grid[0]]
-    weights = WEAK_WEIGHTS[task]
+    weights = weak_weights(model, task)
     axes += [f"weak-row weight in {list(weights)}"] if len(weights) > 1 else []
     chosen = f"grid ({' x '.join(axes)})" if axes else "nothing to choose (fixed parameters)"
     return f"{chosen} by {INNER_FOLDS}-fold inner CV on each fold's training rows; refit on all of them"
@@ -249,44 +273,124 @@ def fit_tree_fold(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> d
     return prediction
 
 
-# ---- LightGBM beside the transformer (--lgbm_blend) -----------------------------------------------------------------
+# ---- trees beside the transformer (--tree_blend, --blend_models) -----------------------------------------------------
 
-def fit_blend(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> dict[str, Any]:
-    """The fold's LightGBM model, chosen and fitted as `--model lgbm` would (for shape without the failed syntheses,
-    as baselines.sh), as a checkpoint entry that `torch.load(weights_only=True)` reads back: the featurizer's state,
-    the booster as LightGBM's own text, and the classes it saw."""
+BLEND_MODELS = ("lgbm", "et", "rf")  # the ones whose fitted model saves as text or tensors (below)
+
+
+def forest_state(estimator) -> dict[str, torch.Tensor]:
+    """A fitted sklearn forest's trees as flat tensors (torch.load(weights_only=True) reads them): for every node its
+    children (absolute indices; a leaf points at itself), split feature and threshold, where a missing value goes,
+    and the leaf value (mean size, or class fractions)."""
+    lefts, rights, features, thresholds, missing_left, values, roots = [], [], [], [], [], [], []
+    offset = 0
+    for tree in (t.tree_ for t in estimator.estimators_):
+        nodes = np.arange(tree.node_count)
+        leaf = tree.children_left < 0
+        lefts.append(np.where(leaf, nodes, tree.children_left) + offset)
+        rights.append(np.where(leaf, nodes, tree.children_right) + offset)
+        features.append(np.where(leaf, 0, tree.feature))
+        thresholds.append(tree.threshold)
+        missing_left.append(np.asarray(tree.missing_go_to_left, bool))
+        values.append(tree.value[:, 0, :])
+        roots.append(offset)
+        offset += tree.node_count
+    arrays = {"left": lefts, "right": rights, "feature": features, "threshold": thresholds,
+              "missing_left": missing_left, "value": values}
+    state = {name: torch.from_numpy(np.concatenate(parts)) for name, parts in arrays.items()}
+    for name in ("left", "right", "feature"):  # int32: a fold's 100 extra trees take about 17 MB
+        state[name] = state[name].to(torch.int32)
+    state["roots"] = torch.as_tensor(roots, dtype=torch.long)
+    state["depth"] = torch.tensor(max(t.tree_.max_depth for t in estimator.estimators_))
+    return state
+
+
+@dataclass(frozen=True)
+class Forest:
+    """Prediction from `forest_state`: each row walks every tree at once, one level per step. Equals the sklearn
+    forest's predict (regression) or predict_proba (classification); tests check it."""
+    state: dict[str, np.ndarray]
+    classifier: bool
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor], classifier: bool) -> "Forest":
+        return cls({name: value.numpy() for name, value in state.items()}, classifier)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        s = self.state
+        x = np.asarray(x, dtype=np.float32)  # sklearn trees compare float32 inputs with their thresholds
+        rows = np.arange(len(x))[:, None]
+        node = np.broadcast_to(s["roots"], (len(x), len(s["roots"]))).copy()
+        for _ in range(int(s["depth"])):
+            value = x[rows, s["feature"][node]]
+            go_left = np.where(np.isnan(value), s["missing_left"][node], value <= s["threshold"][node])
+            node = np.where(go_left, s["left"][node], s["right"][node])
+        leaves = s["value"][node]  # (rows, trees, outputs)
+        if not self.classifier:
+            return leaves[..., 0].mean(axis=1)
+        return (leaves / leaves.sum(axis=2, keepdims=True)).mean(axis=1)
+
+
+def fit_blend(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> list[dict[str, Any]]:
+    """The fold's models of `cfg.blend_models`, each chosen and fitted as `--model <name>` would (for shape without
+    the failed syntheses, as baselines.sh), as checkpoint entries that `torch.load(weights_only=True)` reads back: the
+    featurizer's state, the model (LightGBM's own text, or a forest's tensors), the classes it saw and its selection."""
     # the recipe table's own rows; for shape without the failed syntheses
     keep = ~data.train_augmented
     if cfg.task == "shape":
         keep &= ~data.train["failed"].to_numpy()
     data = replace(data, train=data.train[keep].reset_index(drop=True), train_weak=data.train_weak[keep],
                    train_augmented=data.train_augmented[keep])
-    fitted = fit_selected(replace(cfg, model="lgbm", augmented=""), data, store, n_shapes)
-    classes = getattr(fitted.estimator, "classes_", np.zeros(0, int))
-    return {"features": fitted.features.to_state(), "booster": fitted.estimator.booster_.model_to_string(),
-            "classes": torch.as_tensor(classes, dtype=torch.long), "selection": json.dumps(fitted.selection)}
+    entries = []
+    for model in cfg.blend_models:
+        if model not in BLEND_MODELS:
+            raise ValueError(f"--blend_models: {model!r} cannot be blended; choose from {', '.join(BLEND_MODELS)}")
+        fitted = fit_selected(replace(cfg, model=model, augmented=""), data, store, n_shapes)
+        estimator = fitted.estimator.regressor_ if cfg.task == "size" else fitted.estimator
+        saved = ({"booster": estimator.booster_.model_to_string()} if model == "lgbm"
+                 else {"forest": forest_state(estimator)})
+        classes = getattr(estimator, "classes_", np.zeros(0, int))
+        entries.append({"model": model, "features": fitted.features.to_state(), **saved,
+                        "classes": torch.as_tensor(classes, dtype=torch.long), "selection": json.dumps(fitted.selection)})
+    return entries
 
 
 @dataclass(frozen=True)
 class BlendModel:
-    """A fold's --lgbm_blend LightGBM model rebuilt from its checkpoint entry, parsed once for many predictions."""
+    """One fold's --tree_blend model rebuilt from its checkpoint entry, parsed once for many predictions."""
     features: RecipeFeaturizer
-    booster: lgb.Booster
-    classes: np.ndarray  # shape task: the classes the booster's columns stand for; empty for size
+    model: lgb.Booster | Forest
+    classes: np.ndarray  # shape task: the classes the model's columns stand for; empty for size
     n_shapes: int
 
     @classmethod
     def from_state(cls, state: dict[str, Any], store: DescriptorStore, n_shapes: int) -> "BlendModel":
-        return cls(RecipeFeaturizer.from_state(state["features"], store), lgb.Booster(model_str=state["booster"]),
-                   state["classes"].numpy(), n_shapes)
+        classes = state["classes"].numpy()
+        model = (lgb.Booster(model_str=state["booster"]) if "booster" in state
+                 else Forest.from_state(state["forest"], classifier=bool(len(classes))))
+        return cls(RecipeFeaturizer.from_state(state["features"], store), model, classes, n_shapes)
 
     def predict(self, table: pd.DataFrame) -> np.ndarray:
         """Size in nm, or (rows, n_shapes) shape probabilities."""
         x = self.features.transform(table)
         with threadpool_limits(limits=1):
-            raw = self.booster.predict(x, num_threads=1)
+            raw = (self.model.predict(x, num_threads=1) if isinstance(self.model, lgb.Booster)
+                   else self.model.predict(x))
         if not len(self.classes):
-            return raw
+            return SIZE_TARGET[1](raw)
         proba = np.zeros((len(table), self.n_shapes))
         proba[:, self.classes] = raw
         return proba
+
+
+@dataclass(frozen=True)
+class TreeBlend:
+    """A fold's tree models for --tree_blend; their mean (size in nm, or shape probabilities) is what is blended."""
+    models: list[BlendModel]
+
+    @classmethod
+    def from_state(cls, entries: list[dict[str, Any]], store: DescriptorStore, n_shapes: int) -> "TreeBlend":
+        return cls([BlendModel.from_state(entry, store, n_shapes) for entry in entries])
+
+    def predict(self, table: pd.DataFrame) -> np.ndarray:
+        return np.mean([model.predict(table) for model in self.models], axis=0)

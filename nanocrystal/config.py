@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class Config:
     # what to run
     task: str = "size"  # size | shape
-    model: str = "transformer"  # transformer | rf | dt | hgb | lgbm | mlp | lstm
+    model: str = "transformer"  # transformer | rf | et | dt | hgb | lgbm | mlp | lstm
     preset: str = "cpu"  # cpu | paper | tiny (tests)
     split: str = "paper"  # paper | grouped (ignored when object_name is set)
     object_name: list[str] = field(default_factory=list)  # leave-one-product-out products
@@ -63,7 +63,8 @@ class Config:
     n_members: int = 2  # ensemble members per fold (different seeds)
     snapshots: int = 3  # EMA snapshots kept per member (an ensemble from one training run)
     snapshot_span: float = 0.3  # snapshots are spread over this last fraction of the epochs
-    lgbm_blend: float = 0.0  # size: weight of the fold's LightGBM model (chosen by inner CV) in the prediction
+    tree_blend: float = 0.0  # weight of the fold's tree models (each chosen by inner CV) in the prediction
+    blend_models: list[str] = field(default_factory=lambda: ["lgbm"])  # those tree models (lgbm | et | rf), averaged
     inner_val_frac: float = 0.0  # >0: pick the epoch count on this part of the training rows, then refit
     eval_every: int = 0  # >0: also log the held-out fold every N epochs, labelled val-selected (upstream style)
     threads: int = 1  # torch threads per process (0 = torch's default)
@@ -80,6 +81,8 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
+        if "lgbm_blend" in values:  # run folders written before the blend took other trees than LightGBM
+            values = {**{k: v for k, v in values.items() if k != "lgbm_blend"}, "tree_blend": values["lgbm_blend"]}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -94,7 +97,7 @@ class Config:
 # Presets set training and model fields; flags given on the command line win over them.
 PRESETS: dict[str, dict] = {
     # the transformer ensemble averaged with the fold's LightGBM: -2% to -7% inner-validation MAE (docs/size_ablations.md)
-    "cpu": dict(workers=2, lgbm_blend=0.5),
+    "cpu": dict(workers=2, tree_blend=0.5),
     "tiny": dict(d_model=16, depth=1, n_heads=2, d_ffn=32, epochs=3, batch_size=256, n_members=1, snapshots=1,
                  warmup_epochs=1),
     "paper": dict(d_model=256, depth=8, n_heads=4, d_ffn=256, dropout=0.1, epochs=8000, pretrain_epochs=200,

@@ -41,7 +41,7 @@ from .runs import NEURAL_MODELS, blend, load_fold_models
 from .splits import combined_table, make_folds, task_rows
 
 if TYPE_CHECKING:  # LightGBM is imported only when a run has a blend (runs.load_fold_models)
-    from .baselines import BlendModel
+    from .baselines import TreeBlend
 
 CACHE_FILE = "applicability.npz"
 CACHE_VERSION = "4"  # change when the reference computation changes: old caches are then recomputed
@@ -114,7 +114,7 @@ class FoldModels:
     encoder: Encoder
     members: list[torch.nn.Module]
     references: list[Reference]  # one per member
-    lgbm: BlendModel | None  # the fold's LightGBM model (--lgbm_blend runs)
+    trees: TreeBlend | None  # the fold's tree models (--tree_blend runs)
 
 
 @dataclass
@@ -259,7 +259,7 @@ def load_run(path: str | Path) -> Run:
     folds = [FoldModels(name, saved.encoder, saved.members,
                         [Reference(NearestNeighbors(n_neighbors=1).fit(arrays[f"{name}__{k}"]),
                                    float(arrays[f"{name}__{k}__threshold"])) for k in range(len(saved.members))],
-                        saved.lgbm)
+                        saved.trees)
              for name, saved in loaded.items()]
     return Run(run_dir, cfg, folds, arrays["range_low"], arrays["range_high"])
 
@@ -278,11 +278,11 @@ def run_outputs(run: Run, table: pd.DataFrame) -> RunOutput:
     per_model, ratios = [], []
     for fold in run.folds:
         batch = encode(table, fold.encoder)
-        lgbm = None if fold.lgbm is None else fold.lgbm.predict(table)
+        trees = None if fold.trees is None else fold.trees.predict(table)
         for member, reference in zip(fold.members, fold.references):
             prediction = model_predict(member, batch)
             # each member blended as in training: the members' mean is then the fold's blended prediction
-            per_model.append(prediction if lgbm is None else blend(run.cfg, prediction, lgbm))
+            per_model.append(prediction if trees is None else blend(run.cfg, prediction, trees))
             distance = reference.neighbours.kneighbors(member.cls_embedding(batch).numpy(), n_neighbors=1)[0][:, 0]
             ratios.append(distance / reference.threshold)
     return RunOutput(per_model, np.mean(ratios, axis=0), outside_range(table, run.low, run.high))

@@ -31,7 +31,8 @@ PAPER_SIZE = {"transformer": {"mae": 1.3995, "r2": 0.7198}, "dt": {"mae": 2.0495
 PAPER_SHAPE_ACCURACY = {"transformer": 0.893}  # with the measured size as an input
 PAPER_LOPO_MAE = {"PbSe": 2.6522, "Ag2S": 3.1903, "Ni": 2.0056, "Cs2NaBiCl6": 1.4805}
 MODEL_NAMES = {"transformer": "Transformer", "dt": "Decision tree", "rf": "Random forest",
-               "hgb": "HistGradientBoosting", "lgbm": "LightGBM", "mlp": "DNN (MLP)", "lstm": "LSTM"}
+               "et": "Extra trees", "hgb": "HistGradientBoosting", "lgbm": "LightGBM", "mlp": "DNN (MLP)",
+               "lstm": "LSTM"}
 README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
@@ -48,8 +49,10 @@ class Run:
     @property
     def label(self) -> str:
         name = MODEL_NAMES.get(self.metrics["model"], self.metrics["model"])
-        if self.config.get("lgbm_blend") and self.metrics["model"] in NEURAL_MODELS:
-            name += f" + LightGBM ({self.config['lgbm_blend']:g})"
+        weight = self.config.get("tree_blend", self.config.get("lgbm_blend"))  # the older runs' name for it
+        if weight and self.metrics["model"] in NEURAL_MODELS:
+            trees = " + ".join(MODEL_NAMES[m] for m in self.config.get("blend_models", ["lgbm"]))
+            name += f" + {trees} ({weight:g})"
         extras = []
         if self.metrics["task"] == "shape":
             extras.append("measured size given" if self.config.get("size_as_input") else "recipe only")

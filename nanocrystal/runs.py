@@ -33,7 +33,7 @@ from .recipes import is_solid, load_dataset, series_keys
 from .splits import Fold, combined_table, make_folds, task_rows
 
 if TYPE_CHECKING:  # baselines (LightGBM, scikit-learn) is imported only when a run uses it
-    from .baselines import BlendModel
+    from .baselines import TreeBlend
 
 NEURAL_MODELS = tuple(MODELS)  # trained by engine.train_member; the rest are baselines.fit_tree_fold
 
@@ -178,36 +178,41 @@ def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shape
         "n_shapes": n_shapes,
         "members": [m.state_dict() for m in members],
     }
-    if cfg.lgbm_blend:
-        from .baselines import BlendModel, fit_blend
+    if cfg.tree_blend:
+        from .baselines import TreeBlend, fit_blend
 
-        checkpoint["lgbm"] = fit_blend(cfg, data, store, n_shapes)
-        lgbm = BlendModel.from_state(checkpoint["lgbm"], store, n_shapes)
-        prediction = blend(cfg, prediction, lgbm.predict(data.valid))
-        prediction["selection"] = {"lgbm_blend": json.loads(checkpoint["lgbm"]["selection"])}  # kept in fold<k>.json
+        checkpoint["trees"] = fit_blend(cfg, data, store, n_shapes)
+        trees = TreeBlend.from_state(checkpoint["trees"], store, n_shapes)
+        prediction = blend(cfg, prediction, trees.predict(data.valid))
+        # each tree model's inner-CV choice, kept in fold<k>.json
+        prediction["selection"] = {f"tree_blend_{entry['model']}": json.loads(entry["selection"])
+                                   for entry in checkpoint["trees"]}
     return prediction, checkpoint
 
 
-def blend(cfg: Config, transformer: dict[str, np.ndarray], lgbm: np.ndarray) -> dict[str, np.ndarray]:
-    """--lgbm_blend: the weighted mean of the transformer's and LightGBM's size (nm) or shape probabilities; the
+def blend(cfg: Config, transformer: dict[str, np.ndarray], trees: np.ndarray) -> dict[str, np.ndarray]:
+    """--tree_blend: the weighted mean of the transformer's and the trees' size (nm) or shape probabilities; the
     failed-synthesis probability stays the transformer's."""
     key = "size" if cfg.task == "size" else "shape"
-    return {**transformer, key: (1 - cfg.lgbm_blend) * transformer[key] + cfg.lgbm_blend * lgbm}
+    return {**transformer, key: (1 - cfg.tree_blend) * transformer[key] + cfg.tree_blend * trees}
 
 
 @dataclass
 class FoldCheckpoint:
-    """A fold's saved ensemble, rebuilt: the transformer members and, with --lgbm_blend, its LightGBM model."""
+    """A fold's saved ensemble, rebuilt: the transformer members and, with --tree_blend, its tree models."""
     cfg: Config
     encoder: Encoder
     members: list[torch.nn.Module]
     n_shapes: int
-    lgbm: BlendModel | None
+    trees: TreeBlend | None
 
 
 def load_fold_models(path: Path, store: DescriptorStore) -> FoldCheckpoint:
     """Rebuild a fold's ensemble from its checkpoint (weights_only: no code runs on load)."""
     checkpoint = torch.load(path, weights_only=True)
+    if "lgbm" in checkpoint:  # its LightGBM model predicts nm; the blend's trees now predict log(size)
+        raise ValueError(f"{path}: written by an older version (LightGBM blend); re-run it: "
+                         f"train.py --config {path.parent / 'config.json'} --save_path NEW")
     cfg = Config.from_dict(checkpoint["config"])
     encoder = Encoder.from_dict(checkpoint["encoder"])
     factory = make_model_factory(cfg, encoder, store, checkpoint["n_shapes"])
@@ -217,12 +222,12 @@ def load_fold_models(path: Path, store: DescriptorStore) -> FoldCheckpoint:
         model.load_state_dict(state)
         model.eval()
         members.append(model)
-    lgbm = None
-    if "lgbm" in checkpoint:
-        from .baselines import BlendModel
+    trees = None
+    if "trees" in checkpoint:
+        from .baselines import TreeBlend
 
-        lgbm = BlendModel.from_state(checkpoint["lgbm"], store, checkpoint["n_shapes"])
-    return FoldCheckpoint(cfg, encoder, members, checkpoint["n_shapes"], lgbm)
+        trees = TreeBlend.from_state(checkpoint["trees"], store, checkpoint["n_shapes"])
+    return FoldCheckpoint(cfg, encoder, members, checkpoint["n_shapes"], trees)
 
 
 @torch.no_grad()
@@ -342,8 +347,8 @@ def run_experiment(cfg: Config, command: str = "") -> Path:
 def selection_note(cfg: Config) -> str:
     if cfg.inner_val_frac:
         return "scored on an inner validation part of the training rows (tuning run)"
-    blend = (f"; averaged with LightGBM (weight {cfg.lgbm_blend}, its hyper-parameters by inner CV on the fold's "
-             "training rows)") if cfg.lgbm_blend else ""
+    blend = (f"; averaged with {' + '.join(cfg.blend_models)} (weight {cfg.tree_blend}, their hyper-parameters by "
+             "inner CV on the fold's training rows)") if cfg.tree_blend else ""
     if cfg.model == "transformer":
         return "fixed schedule chosen on inner validation (no selection on the held-out fold)" + blend
     if cfg.model in NEURAL_MODELS:

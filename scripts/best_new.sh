@@ -2,7 +2,7 @@
 # Leave-one-product-out size prediction for the paper's four products (PbSe, Ag2S, Ni, Cs2NaBiCl6): for each, the
 # validation rows are every recipe of that product with 0 < size <= 20 nm, training is every other product's rows;
 # CPU preset, fixed schedule (nothing is chosen on the held-out product). The product token is dropped as upstream
-# (--no-use_product); pass --use_product to keep it. The transformer alone (--lgbm_blend 0): averaging with LightGBM was
+# (--no-use_product); pass --use_product to keep it. The transformer alone (--tree_blend 0): averaging with LightGBM was
 # validated on the paper split's inner folds only, never on a held-out product. Prints MAE, MAPE, R² per product beside the paper's
 # pretrain-finetune MAE.
 #
@@ -14,6 +14,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 source scripts/take_save_path.sh "runs/size-lopo-$(date +%Y%m%d-%H%M%S)" "$@"
-bash scripts/run_task.sh size-lopo --task size --preset cpu --object_name PbSe Ag2S Ni Cs2NaBiCl6 --no-use_product --lgbm_blend 0 \
+bash scripts/run_task.sh size-lopo --task size --preset cpu --object_name PbSe Ag2S Ni Cs2NaBiCl6 --no-use_product --tree_blend 0 \
   -- "${user[@]}" --save_path "$save"
 "$PY" -m nanocrystal.task_tables lopo "$save"

@@ -208,3 +208,26 @@ def test_tree_fold_record_keeps_its_selection(tmp_path):
     assert selection["params"] == best["params"] and 0.0 < min(scores) < 1.0
     metrics = json.loads((path / "metrics.json").read_text())
     assert metrics["per_fold"][0]["selection"] == selection
+
+
+@pytest.mark.parametrize("model", ["et", "rf"])
+def test_forest_tensors_predict_as_sklearn(fold_slice, descriptors, model):
+    from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor, RandomForestRegressor
+
+    from nanocrystal.baselines import Forest, forest_state
+
+    train, valid = fold_slice
+    features = RecipeFeaturizer(descriptors, n_components=4, n_substances=5).fit(train)
+    x_train, x_valid = features.transform(train), features.transform(valid)
+    regressor = (ExtraTreesRegressor if model == "et" else RandomForestRegressor)(n_estimators=7, random_state=0)
+    regressor.fit(x_train, np.log(train["Y1"]))
+    state = forest_state(regressor)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())  # what torch.load(weights_only=True) reads
+    np.testing.assert_array_equal(Forest.from_state(state, classifier=False).predict(x_valid),
+                                  regressor.predict(x_valid))
+    # classes with missing values seen in training: NaN rows follow sklearn's learned direction
+    x_train[::3, 0] = np.nan
+    x_valid[::2, 0] = np.nan
+    classifier = ExtraTreesClassifier(n_estimators=5, random_state=0).fit(x_train, train["Y3"])
+    np.testing.assert_allclose(Forest.from_state(forest_state(classifier), classifier=True).predict(x_valid),
+                               classifier.predict_proba(x_valid), rtol=1e-12, atol=1e-12)

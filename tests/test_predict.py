@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from nanocrystal.cli import main
 from nanocrystal.config import ROOT, resolve
@@ -160,18 +161,30 @@ def test_design_beyond_the_training_data_is_flagged(predictor):
                                "3 of the 3 candidates are out of domain: their predictions are extrapolations"]
 
 
-def test_lgbm_blend_is_saved_and_predict_applies_it(tmp_path, table, descriptors):
-    run = run_experiment(resolve("tiny", {"folds": [0], "epochs": 1, "threads": 1, "lgbm_blend": 0.4,
-                                          "save_path": str(tmp_path / "blend")}))
+def test_tree_blend_is_saved_and_predict_applies_it(tmp_path, table, descriptors):
+    run = run_experiment(resolve("tiny", {"folds": [0], "epochs": 1, "threads": 1, "tree_blend": 0.4,
+                                          "blend_models": ["lgbm", "et"], "save_path": str(tmp_path / "blend")}))
     saved = load_fold_models(run / "fold0.pt", descriptors)
-    assert saved.lgbm is not None and not len(saved.lgbm.classes)  # a size model
+    assert [type(m.model).__name__ for m in saved.trees.models] == ["Booster", "Forest"]
+    assert not any(len(m.classes) for m in saved.trees.models)  # size models
     record = json.loads((run / "fold0.json").read_text())
-    assert record["selection"]["lgbm_blend"]["inner_metric"] == "mae"  # LightGBM's inner-CV choice is on record
+    # each tree model's inner-CV choice is on record
+    assert {k: v["inner_metric"] for k, v in record["selection"].items()} == {"tree_blend_lgbm": "mae",
+                                                                              "tree_blend_et": "mae"}
     oof = pd.read_csv(run / "oof_predictions.csv")
     valid = table[table["ID"].isin(oof["ID"])].set_index("ID").loc[oof["ID"]].reset_index()
     transformer_nm = ensemble_predict(saved.members, encode(valid, saved.encoder))["size"]
-    lgbm_nm = saved.lgbm.predict(valid)
-    assert np.abs(transformer_nm - lgbm_nm).mean() > 0.01  # two different models, so the weight matters
-    np.testing.assert_allclose(oof["pred"], 0.6 * transformer_nm + 0.4 * lgbm_nm, rtol=1e-5, atol=1e-5)
+    lgbm_nm, et_nm = (m.predict(valid) for m in saved.trees.models)
+    assert (lgbm_nm > 0).all() and (et_nm > 0).all()  # exp of a log-size model
+    assert np.abs(transformer_nm - lgbm_nm).mean() > 0.01  # different models, so the weight matters
+    trees_nm = (lgbm_nm + et_nm) / 2
+    np.testing.assert_allclose(oof["pred"], 0.6 * transformer_nm + 0.4 * trees_nm, rtol=1e-5, atol=1e-5)
     predicted = load_predictor(run).predict(valid)["size_nm"].to_numpy()
     np.testing.assert_allclose(predicted, oof["pred"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_checkpoint_with_the_older_lightgbm_blend_is_refused(tmp_path, descriptors):
+    path = tmp_path / "fold0.pt"
+    torch.save({"lgbm": {}, "config": {}}, path)
+    with pytest.raises(ValueError, match="older version .*re-run it"):
+        load_fold_models(path, descriptors)

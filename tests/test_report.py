@@ -155,13 +155,16 @@ def test_cli_report_leaves_out_unfinished_runs(tmp_path, capsys):
     assert "none of the run folders holds a metrics.json" in capsys.readouterr().err
 
 
-def test_labels_name_the_lightgbm_blend_of_neural_runs_only(runs):
+def test_labels_name_the_tree_blend_of_neural_runs_only(runs):
     size_runs = {r.metrics["model"]: r for r in runs if r.metrics["task"] == "size"}
     blended = type(size_runs["transformer"])(size_runs["transformer"].path, size_runs["transformer"].metrics,
-                                             {"lgbm_blend": 0.5, "augmented": "data/augmented-k20"})
-    assert blended.label == "Transformer + LightGBM (0.5) (augmented: augmented-k20)"
-    # the cpu preset sets lgbm_blend for every model; a tree run is never blended
-    forest = type(size_runs["rf"])(size_runs["rf"].path, size_runs["rf"].metrics, {"lgbm_blend": 0.5})
+                                             {"tree_blend": 0.5, "blend_models": ["lgbm", "et"],
+                                              "augmented": "data/augmented-k20"})
+    assert blended.label == "Transformer + LightGBM + Extra trees (0.5) (augmented: augmented-k20)"
+    older = type(blended)(blended.path, blended.metrics, {"lgbm_blend": 0.5})  # config.json before tree_blend
+    assert older.label == "Transformer + LightGBM (0.5)"
+    # the cpu preset sets tree_blend for every model; a tree run is never blended
+    forest = type(size_runs["rf"])(size_runs["rf"].path, size_runs["rf"].metrics, {"tree_blend": 0.5})
     assert forest.label == "Random forest"
     lopo = [r for r in runs if r.metrics.get("object_name")][0]
     assert type(lopo)(lopo.path, lopo.metrics, {"use_product": True}).label == "Transformer (product token)"
