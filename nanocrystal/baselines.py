@@ -64,7 +64,7 @@ GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {  # task -> model -> candid
              "rf": [{}], "et": [{}], "hgb": [{}], "lgbm": [{}]},
     "shape": {"dt": [dict(min_samples_leaf=1), dict(min_samples_leaf=3), dict(min_samples_leaf=10)],
               "rf": [dict(max_features="sqrt"), dict(max_features=0.33)],
-              "et": [dict(max_features="sqrt"), dict(max_features=0.33)],
+              "et": [dict(max_features=0.33), dict(max_features=1.0)],
               "hgb": [dict(max_leaf_nodes=15), dict(max_leaf_nodes=31)],
               "lgbm": [dict(num_leaves=15), dict(num_leaves=31)]},
 }

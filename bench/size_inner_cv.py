@@ -1,0 +1,128 @@
+"""Inner cross-validation for the size blend: which tree models, which target, which weight beside the transformer.
+
+Only training rows are scored: for each outer fold of the paper split (seed 0), the 3 inner folds that `--model lgbm`
+uses for its own selection (`baselines.inner_splits`: the fold's training rows like the validation rows, scored in
+turn) give out-of-fold predictions of every tree variant below; the transformer (the cpu preset alone, 2 members)
+is trained on the first `--transformer_splits` inner folds of each outer fold (it costs ~3 min per inner fold on
+2 cores). Then the MAE of each tree variant, and of each blend (1 - w) * transformer + w * trees on the inner folds the
+transformer has. The held-out outer folds are never read. The table of docs/size_ablations.md (session 3) comes from it:
+
+    python bench/size_inner_cv.py --out runs/size-inner-cv.csv                       # ~35 min on 2 cores
+    python bench/size_inner_cv.py --variants lgbm_nm lgbm_log --transformer_splits 0  # trees only, ~1 min
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from nanocrystal.baselines import featurizer, inner_splits, make_estimator  # noqa: E402
+from nanocrystal.config import ROOT, Config, resolve  # noqa: E402
+from nanocrystal.descriptors import load_descriptors  # noqa: E402
+from nanocrystal.recipes import load_dataset  # noqa: E402
+from nanocrystal.runs import FoldData, fit_neural_fold, fold_data  # noqa: E402
+from nanocrystal.splits import combined_table, make_folds  # noqa: E402
+
+# name -> (model, parameters over baselines.FIXED, log target, weak-row weight)
+VARIANTS = {
+    "lgbm_nm": ("lgbm", {}, False, 0.1),
+    "lgbm_log": ("lgbm", {}, True, 0.1),
+    "rf_log": ("rf", {}, True, 0.3),
+    "et_log": ("et", {}, True, 1.0),
+    "et_log_200": ("et", dict(n_estimators=200), True, 1.0),
+    "et_log_half": ("et", dict(max_features=0.5), True, 0.3),
+}
+BLENDS = {"lgbm_nm": ["lgbm_nm"], "lgbm_log": ["lgbm_log"], "et_log": ["et_log"],
+          "lgbm_log + et_log": ["lgbm_log", "et_log"], "lgbm_log + et_log + rf_log": ["lgbm_log", "et_log", "rf_log"]}
+WEIGHTS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 1.0)
+
+
+def inner_parts(cfg: Config, dataset):
+    """(outer fold, inner index, FoldData of the inner fit and scored rows) for every inner fold."""
+    table = combined_table(dataset)
+    for fold in make_folds(table, "paper", cfg.n_folds, cfg.seed, []):
+        data = fold_data(cfg, table, fold, dataset.n_shapes)
+        weak = np.asarray(data.train_weak, bool)
+        for inner, (fit_rows, scored_rows) in enumerate(inner_splits(replace(cfg, model="lgbm"), data.train, weak)):
+            part = FoldData(data.train.iloc[fit_rows].reset_index(drop=True),
+                            data.train.iloc[scored_rows].reset_index(drop=True), weak[fit_rows],
+                            np.zeros(len(fit_rows), bool))
+            yield fold.index, inner, part
+
+
+def tree_predictions(cfg: Config, part: FoldData, variants: list[str], threads: int) -> dict[str, np.ndarray]:
+    store = load_descriptors(cfg.feats_path)
+    features = featurizer(cfg, store).fit(part.train)
+    x_train, x_valid = features.transform(part.train), features.transform(part.valid)
+    y_train = part.train["Y1"].to_numpy(float)
+    out = {}
+    for name in variants:
+        model, params, log_target, weak_weight = VARIANTS[name]
+        estimator = make_estimator(model, "size", params, cfg.seed, threads)  # fits log(size)
+        estimator = estimator if log_target else estimator.regressor  # the same model on nm
+        weights = np.where(part.train_weak, weak_weight, 1.0)
+        out[name] = estimator.fit(x_train, y_train, sample_weight=weights).predict(x_valid)
+    return out
+
+
+def transformer_prediction(args: tuple[Config, FoldData, int]) -> np.ndarray:
+    cfg, part, n_shapes = args
+    import torch
+
+    torch.set_num_threads(1)
+    store = load_descriptors(cfg.feats_path)
+    prediction, _ = fit_neural_fold(cfg, part, store, n_shapes, logging.getLogger(__name__))
+    return np.asarray(prediction["size"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--transformer_splits", type=int, default=1, help="inner folds per outer fold (0: none)")
+    parser.add_argument("--data_dir", default=str(ROOT / "data"))
+    parser.add_argument("--out", default="", help="CSV of every scored row's predictions")
+    args = parser.parse_args(argv)
+    cfg = resolve("cpu", {"data_dir": args.data_dir, "tree_blend": 0.0, "workers": 1})
+    start = time.time()
+    dataset = load_dataset(cfg.data_dir)
+    parts = list(inner_parts(cfg, dataset))
+    frames, neural = [], []
+    for outer, inner, part in parts:
+        trees = tree_predictions(cfg, part, args.variants, threads=2)
+        frames.append(pd.DataFrame({"outer": outer, "inner": inner, "ID": part.valid["ID"],
+                                    "true": part.valid["Y1"].to_numpy(float), **trees}))
+        print(f"fold{outer} inner {inner}: trees done ({time.time() - start:.0f} s)", flush=True)
+        if inner < args.transformer_splits:
+            neural.append((len(frames) - 1, part))
+    if neural:  # two inner folds at a time, one thread each
+        with ProcessPoolExecutor(2) as pool:
+            for (index, _), size_nm in zip(neural, pool.map(transformer_prediction, [(cfg, p, dataset.n_shapes) for _, p in neural])):
+                frames[index]["transformer"] = size_nm
+    rows = pd.concat(frames, ignore_index=True)
+    if args.out:
+        rows.to_csv(args.out, index=False)
+    print(f"\n{len(rows)} inner-scored rows, {time.time() - start:.0f} s")
+    for name in args.variants:
+        print(f"{name:28s} MAE {np.abs(rows[name] - rows['true']).mean():.4f}")
+    if "transformer" in rows:
+        with_t = rows.dropna(subset=["transformer"])
+        print(f"\nblends on the {len(with_t)} rows the transformer has (MAE at tree weight w):")
+        print(f"{'trees':28s} " + " ".join(f"w={w:.1f} " for w in WEIGHTS))
+        for blend, members in BLENDS.items():
+            if set(members) <= set(args.variants):
+                trees = with_t[members].mean(axis=1)
+                maes = [np.abs((1 - w) * with_t["transformer"] + w * trees - with_t["true"]).mean() for w in WEIGHTS]
+                print(f"{blend:28s} " + " ".join(f"{m:.4f}" for m in maes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
