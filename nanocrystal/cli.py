@@ -161,6 +161,8 @@ def config_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, nargs="*", type=item, default=None, help="list")
         else:
             parser.add_argument(flag, type=type(default), default=None, help=f"(default {default!r})")
+    # the older name of --tree_blend, in the commands that run folders of earlier versions recorded
+    parser.add_argument("--lgbm_blend", dest="tree_blend", type=float, default=None, help=argparse.SUPPRESS)
     return parser
 
 

@@ -265,7 +265,9 @@ def same_rows(ours: pd.DataFrame, paper: pd.DataFrame) -> bool:
 def embedding_run(runs: list[Run]) -> Optional[Run]:
     """Whose CLS embeddings the t-SNE shows: the best paper-split transformer shape run with fold checkpoints, else
     the best such size run."""
-    pool = [r for r in runs if r.metrics["model"] == "transformer" and any(r.path.glob("*.pt"))]
+    # a run of an older version with a LightGBM blend (config key lgbm_blend) has checkpoints this code refuses
+    pool = [r for r in runs if r.metrics["model"] == "transformer" and any(r.path.glob("*.pt"))
+            and not r.config.get("lgbm_blend")]
     return _best(pool, "shape", "accuracy", max) or _best(pool, "size", "mae", min)
 
 

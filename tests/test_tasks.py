@@ -156,3 +156,13 @@ def test_lopo_table_reads_each_product_beside_the_paper(tmp_path):
     assert table.loc["Ni"].to_dict() == pytest.approx(
         {"n": 3, "mae": 1.0, "mape": 0.0, "r2": 0.5, "paper_mae": 2.0056, "mae_minus_paper": 1.0 - 2.0056})
     assert table.loc["Au", "n"] == 2 and np.isnan(table.loc["Au", "paper_mae"])
+
+
+def test_older_blend_name_still_configures_the_tree_blend(tmp_path):
+    # commands recorded by run folders of earlier versions say --lgbm_blend; their config.json says lgbm_blend
+    assert config_from_args(["--lgbm_blend", "0.3"]).tree_blend == 0.3
+    assert config_from_args([]).tree_blend == 0.5 and config_from_args([]).blend_models == ["lgbm", "et"]
+    older = tmp_path / "config.json"
+    older.write_text(json.dumps({"lgbm_blend": 0.25, "task": "shape"}))
+    cfg = config_from_args(["--config", str(older)])
+    assert (cfg.tree_blend, cfg.task) == (0.25, "shape")
