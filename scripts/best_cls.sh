@@ -4,13 +4,13 @@
 # Two runs one after the other, product token dropped as upstream (--no-use_product):
 #   1. the measured size given as an input (--size_as_input): comparable to upstream's 0.893 accuracy;
 #   2. recipe only: what a chemist knows before the synthesis.
-# The cpu preset averages the transformer's shape probabilities (weight 0.5) with the mean of the fold's LightGBM and
-# extra-trees classifiers (trained on the recipe rows, hyper-parameters by inner CV): on inner validation LightGBM
-# lifted the transformer from 0.813 to 0.838, and extra trees beside LightGBM lifted the trees from 0.849 to 0.859
-# with the size given, 0.827 to 0.838 from the recipe alone (docs/shape_and_lopo.md).
+# The cpu preset averages the transformer's shape probabilities with the mean of the fold's LightGBM and extra-trees
+# classifiers (trained on the recipe rows, hyper-parameters by inner CV) at tree weight 0.8: on inner validation
+# (docs/shape_and_lopo.md, session 3) 0.868 with the size given and 0.850 from the recipe alone, against 0.856 and
+# 0.839 at weight 0.5.
 # Then both runs' accuracy and weighted F1/recall/precision side by side.
 #
-# Time: measured 11.1 min for both runs on the 2-core machine (fresh clone, set-up included; 5.3 + 5.4 min of
+# Time: measured 13.3 min for both runs on the 2-core machine (fresh clone, set-up included; 6.5 + 6.4 min of
 # training): 40 epochs x 1 member per fold, 5 folds on 2 workers. Accuracy: docs/shape_and_lopo.md.
 #
 # Extra arguments go to both runs (e.g. --split grouped, --use_product, --epochs 60). --save_path P names the two

@@ -161,7 +161,7 @@ def test_lopo_table_reads_each_product_beside_the_paper(tmp_path):
 def test_older_blend_name_still_configures_the_tree_blend(tmp_path):
     # commands recorded by run folders of earlier versions say --lgbm_blend; their config.json says lgbm_blend
     assert config_from_args(["--lgbm_blend", "0.3"]).tree_blend == 0.3
-    assert config_from_args([]).tree_blend == 0.5 and config_from_args([]).blend_models == ["lgbm", "et"]
+    assert config_from_args([]).tree_blend == 0.8 and config_from_args([]).blend_models == ["lgbm", "et"]
     older = tmp_path / "config.json"
     older.write_text(json.dumps({"lgbm_blend": 0.25, "task": "shape"}))
     cfg = config_from_args(["--config", str(older)])
