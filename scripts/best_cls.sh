@@ -10,7 +10,7 @@
 # 0.839 at weight 0.5.
 # Then both runs' accuracy and weighted F1/recall/precision side by side.
 #
-# Time: measured 13.3 min for both runs on the 2-core machine (fresh clone, set-up included; 6.5 + 6.4 min of
+# Time: measured 16.1 min for both runs on the 2-core machine (fresh clone, set-up included; 7.1 + 7.0 min of
 # training): 40 epochs x 1 member per fold, 5 folds on 2 workers. Accuracy: docs/shape_and_lopo.md.
 #
 # Extra arguments go to both runs (e.g. --split grouped, --use_product, --epochs 60). --save_path P names the two
