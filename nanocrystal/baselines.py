@@ -38,7 +38,7 @@ TREE_MODELS = ("dt", "rf", "et", "hgb", "lgbm")
 INNER_FOLDS = 3
 
 # Size models fit log(size) and predict exp of it: sizes are positive and their errors grow with them. Inner 3-fold CV
-# over the training rows of all 5 paper-split folds (2,470 scored predictions, docs/size_ablations.md): LightGBM
+# over the training rows of all 5 paper-split folds (2,468 scored predictions, docs/size_ablations.md): LightGBM
 # 1.766 -> 1.737 nm, random forest 1.766 -> 1.738, extra trees 1.741 -> 1.718.
 SIZE_TARGET = (np.log, np.exp)
 
@@ -47,7 +47,7 @@ SIZE_TARGET = (np.log, np.exp)
 # concerns the size statistics, not the shape seen on the micrographs.
 WEAK_WEIGHTS: dict[str, tuple[float, ...]] = {"size": (0.1, 0.3, 1.0), "shape": (1.0,)}
 # Extra trees for size: weight 1, fixed (inner CV, docs/size_ablations.md: 1.697 nm against 1.718 at 0.3 and 1.714 at
-# 0.1); a third of the selection time, which the blend of best_size.sh pays in every fold.
+# 0.1); a third of the selection time, which the cpu preset's blend pays in every fold.
 FIXED_WEAK_WEIGHTS: dict[tuple[str, str], tuple[float, ...]] = {("et", "size"): (1.0,)}
 
 
@@ -275,7 +275,6 @@ def fit_tree_fold(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> d
 
 # ---- trees beside the transformer (--tree_blend, --blend_models) -----------------------------------------------------
 
-BLEND_MODELS = ("lgbm", "et", "rf")  # the ones whose fitted model saves as text or tensors (below)
 
 
 def forest_state(estimator) -> dict[str, torch.Tensor]:
@@ -343,8 +342,6 @@ def fit_blend(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> list[
                    train_augmented=data.train_augmented[keep])
     entries = []
     for model in cfg.blend_models:
-        if model not in BLEND_MODELS:
-            raise ValueError(f"--blend_models: {model!r} cannot be blended; choose from {', '.join(BLEND_MODELS)}")
         fitted = fit_selected(replace(cfg, model=model, augmented=""), data, store, n_shapes)
         estimator = fitted.estimator.regressor_ if cfg.task == "size" else fitted.estimator
         saved = ({"booster": estimator.booster_.model_to_string()} if model == "lgbm"

@@ -185,7 +185,11 @@ def train_main(argv: list[str] | None = None) -> int:
     from .runs import RunError, run_experiment
 
     argv = sys.argv[1:] if argv is None else argv
-    cfg = config_from_args(argv)
+    try:
+        cfg = config_from_args(argv)
+    except ValueError as error:  # a bad value in the flags or the --config file
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         run_dir = run_experiment(cfg, command="python train.py " + " ".join(argv))
     except RunError as error:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
+BLEND_MODELS = ("lgbm", "et", "rf")  # tree models whose fitted form saves as text or tensors (baselines.fit_blend)
 
 
 @dataclass
@@ -75,6 +76,13 @@ class Config:
     save_path: str = ""  # default runs/<exp>-<timestamp>
     exp: str = ""
     resume: bool = False
+
+    def __post_init__(self):
+        # checked before any training: a bad name would otherwise stop the run after the first fold's transformer
+        unknown = [m for m in self.blend_models if m not in BLEND_MODELS]
+        if unknown:
+            raise ValueError(f"--blend_models: {', '.join(unknown)} cannot be blended; choose from "
+                             f"{', '.join(BLEND_MODELS)}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -166,3 +166,8 @@ def test_older_blend_name_still_configures_the_tree_blend(tmp_path):
     older.write_text(json.dumps({"lgbm_blend": 0.25, "task": "shape"}))
     cfg = config_from_args(["--config", str(older)])
     assert (cfg.tree_blend, cfg.task) == (0.25, "shape")
+
+
+def test_an_unknown_blend_model_stops_before_training():
+    with pytest.raises(ValueError, match="--blend_models: hgb cannot be blended; choose from lgbm, et, rf"):
+        config_from_args(["--blend_models", "lgbm", "hgb"])
