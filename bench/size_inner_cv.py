@@ -5,10 +5,12 @@ uses for its own selection (`baselines.inner_splits`: the fold's training rows l
 turn) give out-of-fold predictions of every tree variant below; the transformer (the cpu preset alone, 2 members)
 is trained on the first `--transformer_splits` inner folds of each outer fold (it costs ~3 min per inner fold on
 2 cores). Then the MAE of each tree variant, and of each blend (1 - w) * transformer + w * trees on the inner folds the
-transformer has. The held-out outer folds are never read. The table of docs/size_ablations.md (session 3) comes from it:
+transformer has, then of each blend followed by the series correction (correction.py; each model's predictions for its
+own inner training rows give the residuals), over a grid of its scale and shrink. The held-out outer folds are never
+read. The tables of docs/size_ablations.md (sessions 3 and 4) come from it:
 
-    python bench/size_inner_cv.py --out runs/size-inner-cv.csv                       # ~35 min on 2 cores
-    python bench/size_inner_cv.py --variants lgbm_nm lgbm_log --transformer_splits 0  # trees only, ~1 min
+    python bench/size_inner_cv.py --variants lgbm_log et_log --out runs/size-inner-cv.csv   # ~12 min on 2 cores
+    python bench/size_inner_cv.py --variants lgbm_nm lgbm_log --transformer_splits 0      # trees only, ~1 min
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nanocrystal.baselines import featurizer, inner_splits, make_estimator  # noqa: E402
 from nanocrystal.config import ROOT, Config, resolve  # noqa: E402
+from nanocrystal.correction import SeriesCorrection  # noqa: E402
 from nanocrystal.descriptors import load_descriptors  # noqa: E402
 from nanocrystal.recipes import load_dataset  # noqa: E402
 from nanocrystal.runs import FoldData, fit_neural_fold, fold_data  # noqa: E402
@@ -43,6 +46,8 @@ VARIANTS = {
 BLENDS = {"lgbm_nm": ["lgbm_nm"], "lgbm_log": ["lgbm_log"], "et_log": ["et_log"],
           "lgbm_log + et_log": ["lgbm_log", "et_log"], "lgbm_log + et_log + rf_log": ["lgbm_log", "et_log", "rf_log"]}
 WEIGHTS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 1.0)
+CORRECTION_GRID = [(scale, shrink) for scale in (0.25, 0.5, 1.0) for shrink in (0.0, 0.01, 0.03, 0.1)]
+CORRECTED_BLEND = "lgbm_log + et_log"
 
 
 def inner_parts(cfg: Config, dataset):
@@ -58,29 +63,39 @@ def inner_parts(cfg: Config, dataset):
             yield fold.index, inner, part
 
 
-def tree_predictions(cfg: Config, part: FoldData, variants: list[str], threads: int) -> dict[str, np.ndarray]:
+def tree_predictions(cfg: Config, part: FoldData, variants: list[str],
+                     threads: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Each variant's predictions for the scored rows and for its own fit rows."""
     store = load_descriptors(cfg.feats_path)
     features = featurizer(cfg, store).fit(part.train)
     x_train, x_valid = features.transform(part.train), features.transform(part.valid)
     y_train = part.train["Y1"].to_numpy(float)
-    out = {}
+    scored, own = {}, {}
     for name in variants:
         model, params, log_target, weak_weight = VARIANTS[name]
         estimator = make_estimator(model, "size", params, cfg.seed, threads)  # fits log(size)
         estimator = estimator if log_target else estimator.regressor  # the same model on nm
         weights = np.where(part.train_weak, weak_weight, 1.0)
-        out[name] = estimator.fit(x_train, y_train, sample_weight=weights).predict(x_valid)
-    return out
+        estimator.fit(x_train, y_train, sample_weight=weights)
+        scored[name], own[name] = estimator.predict(x_valid), estimator.predict(x_train)
+    return scored, own
 
 
-def transformer_prediction(args: tuple[Config, FoldData, int]) -> np.ndarray:
+def transformer_prediction(args: tuple[Config, FoldData, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The transformer's predictions for the scored rows and for its own fit rows (one training run)."""
     cfg, part, n_shapes = args
     import torch
 
     torch.set_num_threads(1)
     store = load_descriptors(cfg.feats_path)
-    prediction, _ = fit_neural_fold(cfg, part, store, n_shapes, logging.getLogger(__name__))
-    return np.asarray(prediction["size"])
+    both = replace(part, valid=pd.concat([part.valid, part.train], ignore_index=True))
+    prediction, _ = fit_neural_fold(cfg, both, store, n_shapes, logging.getLogger(__name__))
+    size_nm = np.asarray(prediction["size"])
+    return size_nm[:len(part.valid)], size_nm[len(part.valid):]
+
+
+def corrected(part: FoldData, scored_nm: np.ndarray, own_nm: np.ndarray, scale: float, shrink: float) -> np.ndarray:
+    return SeriesCorrection.fit(part.train, own_nm, scale, shrink).apply(part.valid, scored_nm)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,22 +105,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data_dir", default=str(ROOT / "data"))
     parser.add_argument("--out", default="", help="CSV of every scored row's predictions")
     args = parser.parse_args(argv)
-    cfg = resolve("cpu", {"data_dir": args.data_dir, "tree_blend": 0.0, "workers": 1})
+    cfg = resolve("cpu", {"data_dir": args.data_dir, "tree_blend": 0.0, "series_correction": False, "workers": 1})
     start = time.time()
     dataset = load_dataset(cfg.data_dir)
     parts = list(inner_parts(cfg, dataset))
-    frames, neural = [], []
+    frames, own, neural = [], [], []
     for outer, inner, part in parts:
-        trees = tree_predictions(cfg, part, args.variants, threads=2)
+        trees, trees_own = tree_predictions(cfg, part, args.variants, threads=2)
         frames.append(pd.DataFrame({"outer": outer, "inner": inner, "ID": part.valid["ID"],
                                     "true": part.valid["Y1"].to_numpy(float), **trees}))
+        own.append(trees_own)
         print(f"fold{outer} inner {inner}: trees done ({time.time() - start:.0f} s)", flush=True)
         if inner < args.transformer_splits:
             neural.append((len(frames) - 1, part))
     if neural:  # two inner folds at a time, one thread each
         with ProcessPoolExecutor(2) as pool:
-            for (index, _), size_nm in zip(neural, pool.map(transformer_prediction, [(cfg, p, dataset.n_shapes) for _, p in neural])):
-                frames[index]["transformer"] = size_nm
+            jobs = [(cfg, p, dataset.n_shapes) for _, p in neural]
+            for (index, _), (scored_nm, own_nm) in zip(neural, pool.map(transformer_prediction, jobs)):
+                frames[index]["transformer"] = scored_nm
+                own[index]["transformer"] = own_nm
     rows = pd.concat(frames, ignore_index=True)
     if args.out:
         rows.to_csv(args.out, index=False)
@@ -121,6 +139,37 @@ def main(argv: list[str] | None = None) -> int:
                 trees = with_t[members].mean(axis=1)
                 maes = [np.abs((1 - w) * with_t["transformer"] + w * trees - with_t["true"]).mean() for w in WEIGHTS]
                 print(f"{blend:28s} " + " ".join(f"{m:.4f}" for m in maes))
+    members = BLENDS[CORRECTED_BLEND]
+    if set(members) <= set(args.variants):
+        print(f"\n{CORRECTED_BLEND} alone, then the series correction, on all {len(rows)} rows:")
+        for scale, shrink in [(None, None), *CORRECTION_GRID]:
+            errors = []
+            for index, (_, _, part) in enumerate(parts):
+                scored_nm = frames[index][members].to_numpy().mean(axis=1)
+                if scale is not None:
+                    scored_nm = corrected(part, scored_nm, np.mean([own[index][m] for m in members], axis=0), scale,
+                                          shrink)
+                errors.append(np.abs(scored_nm - frames[index]["true"].to_numpy()))
+            label = "no correction" if scale is None else f"{scale}, {shrink}"
+            print(f"{label:28s} MAE {np.concatenate(errors).mean():.4f}")
+    if "transformer" in rows and set(members) <= set(args.variants):
+        print(f"\n{CORRECTED_BLEND} beside the transformer, then the series correction (MAE at tree weight w):")
+        print(f"{'scale, shrink':28s} " + " ".join(f"w={w:.1f} " for w in WEIGHTS))
+        chosen = [(index, part) for index, part in neural]
+        for scale, shrink in [(None, None), *CORRECTION_GRID]:
+            maes = []
+            for w in WEIGHTS:
+                errors = []
+                for index, part in chosen:
+                    def mix(p):
+                        return (1 - w) * p["transformer"] + w * np.mean([p[m] for m in members], axis=0)
+                    scored_nm = mix({k: frames[index][k].to_numpy() for k in ["transformer", *members]})
+                    if scale is not None:
+                        scored_nm = corrected(parts[index][2], scored_nm, mix(own[index]), scale, shrink)
+                    errors.append(np.abs(scored_nm - frames[index]["true"].to_numpy()))
+                maes.append(np.concatenate(errors).mean())
+            label = "no correction" if scale is None else f"{scale}, {shrink}"
+            print(f"{label:28s} " + " ".join(f"{m:.4f}" for m in maes))
     return 0
 
 

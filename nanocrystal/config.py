@@ -66,6 +66,9 @@ class Config:
     snapshot_span: float = 0.3  # snapshots are spread over this last fraction of the epochs
     tree_blend: float = 0.0  # weight of the fold's tree models (each chosen by inner CV) in the prediction
     blend_models: list[str] = field(default_factory=lambda: ["lgbm"])  # those tree models (lgbm | et | rf), averaged
+    series_correction: bool = False  # size: move a prediction by its recipe series' training residuals (correction.py)
+    correction_scale: float = 0.25  # condition distance at which a sibling's weight falls by e
+    correction_shrink: float = 0.0  # >0 pulls the correction towards none when the siblings are few or far
     inner_val_frac: float = 0.0  # >0: pick the epoch count on this part of the training rows, then refit
     eval_every: int = 0  # >0: also log the held-out fold every N epochs, labelled val-selected (upstream style)
     threads: int = 1  # torch threads per process (0 = torch's default)
@@ -83,6 +86,9 @@ class Config:
         if unknown:
             raise ValueError(f"--blend_models: {', '.join(unknown)} cannot be blended; choose from "
                              f"{', '.join(BLEND_MODELS)}")
+        if self.correction_scale <= 0 or self.correction_shrink < 0:
+            raise ValueError(f"--correction_scale must be > 0 and --correction_shrink >= 0, got "
+                             f"{self.correction_scale} and {self.correction_shrink}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -104,9 +110,10 @@ class Config:
 
 # Presets set training and model fields; flags given on the command line win over them.
 PRESETS: dict[str, dict] = {
-    # the transformer ensemble averaged with the fold's LightGBM and extra trees at weight 0.8: the models and the
-    # weight were chosen on inner validation, for size and for shape (docs/size_ablations.md, docs/shape_and_lopo.md)
-    "cpu": dict(workers=2, tree_blend=0.8, blend_models=["lgbm", "et"]),
+    # the transformer ensemble averaged with the fold's LightGBM and extra trees at weight 0.8, then (size) the series
+    # correction: models, weight and correction were chosen on inner validation, for size and for shape
+    # (docs/size_ablations.md, docs/shape_and_lopo.md)
+    "cpu": dict(workers=2, tree_blend=0.8, blend_models=["lgbm", "et"], series_correction=True),
     "tiny": dict(d_model=16, depth=1, n_heads=2, d_ffn=32, epochs=3, batch_size=256, n_members=1, snapshots=1,
                  warmup_epochs=1),
     "paper": dict(d_model=256, depth=8, n_heads=4, d_ffn=256, dropout=0.1, epochs=8000, pretrain_epochs=200,

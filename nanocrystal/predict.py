@@ -32,6 +32,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from .config import Config
 from .convert import convert_file, write_csv_atomic
+from .correction import SeriesCorrection
 from .descriptors import load_descriptors
 from .encode import Encoder, encode, unknown_substances
 from .engine import predict as model_predict
@@ -115,6 +116,7 @@ class FoldModels:
     members: list[torch.nn.Module]
     references: list[Reference]  # one per member
     trees: TreeBlend | None  # the fold's tree models (--tree_blend runs)
+    correction: SeriesCorrection | None  # --series_correction runs
 
 
 @dataclass
@@ -259,7 +261,7 @@ def load_run(path: str | Path) -> Run:
     folds = [FoldModels(name, saved.encoder, saved.members,
                         [Reference(NearestNeighbors(n_neighbors=1).fit(arrays[f"{name}__{k}"]),
                                    float(arrays[f"{name}__{k}__threshold"])) for k in range(len(saved.members))],
-                        saved.trees)
+                        saved.trees, saved.correction)
              for name, saved in loaded.items()]
     return Run(run_dir, cfg, folds, arrays["range_low"], arrays["range_high"])
 
@@ -279,10 +281,12 @@ def run_outputs(run: Run, table: pd.DataFrame) -> RunOutput:
     for fold in run.folds:
         batch = encode(table, fold.encoder)
         trees = None if fold.trees is None else fold.trees.predict(table)
+        factors = None if fold.correction is None else fold.correction.factors(table)
         for member, reference in zip(fold.members, fold.references):
             prediction = model_predict(member, batch)
-            # each member blended as in training: the members' mean is then the fold's blended prediction
-            per_model.append(prediction if trees is None else blend(run.cfg, prediction, trees))
+            # each member blended and corrected as in training: the members' mean is then the fold's prediction
+            prediction = prediction if trees is None else blend(run.cfg, prediction, trees)
+            per_model.append(prediction if factors is None else {**prediction, "size": prediction["size"] * factors})
             distance = reference.neighbours.kneighbors(member.cls_embedding(batch).numpy(), n_neighbors=1)[0][:, 0]
             ratios.append(distance / reference.threshold)
     return RunOutput(per_model, np.mean(ratios, axis=0), outside_range(table, run.low, run.high))

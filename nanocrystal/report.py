@@ -56,6 +56,9 @@ class Run:
         extras = []
         if self.metrics["task"] == "shape":
             extras.append("measured size given" if self.config.get("size_as_input") else "recipe only")
+        if self.config.get("series_correction") and self.metrics["task"] == "size" \
+                and self.metrics["model"] in NEURAL_MODELS:
+            extras.append("series correction")
         if self.metrics.get("object_name") and self.config.get("use_product"):
             extras.append("product token")  # upstream drops it for unseen products
         if self.config.get("augmented"):

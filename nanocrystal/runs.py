@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from .config import ROOT, Config
+from .correction import SeriesCorrection
 from .descriptors import DescriptorStore, load_descriptors
 from .encode import Encoder, descriptor_matrix, encode, fit_encoder, unknown_substances
 from .engine import ensemble_predict, train_member
@@ -187,6 +188,17 @@ def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shape
         # each tree model's inner-CV choice, kept in fold<k>.json
         prediction["selection"] = {f"tree_blend_{entry['model']}": json.loads(entry["selection"])
                                    for entry in checkpoint["trees"]}
+    if cfg.series_correction and cfg.task == "size":
+        # the fold's final prediction for its own training rows (the recipe table's rows) gives the residuals
+        own = ~data.train_augmented
+        in_sample = ensemble_predict(members, train_batch)
+        if cfg.tree_blend:
+            in_sample = blend(cfg, in_sample, trees.predict(data.train))
+        correction = SeriesCorrection.fit(data.train[own], in_sample["size"][own], cfg.correction_scale,
+                                          cfg.correction_shrink)
+        checkpoint["correction"] = correction.to_state()
+        factors = correction.factors(data.valid)
+        prediction = {**prediction, "size": prediction["size"] * factors, "size_std": prediction["size_std"] * factors}
     return prediction, checkpoint
 
 
@@ -205,6 +217,7 @@ class FoldCheckpoint:
     members: list[torch.nn.Module]
     n_shapes: int
     trees: TreeBlend | None
+    correction: SeriesCorrection | None
 
 
 def load_fold_models(path: Path, store: DescriptorStore) -> FoldCheckpoint:
@@ -227,7 +240,8 @@ def load_fold_models(path: Path, store: DescriptorStore) -> FoldCheckpoint:
         from .baselines import TreeBlend
 
         trees = TreeBlend.from_state(checkpoint["trees"], store, checkpoint["n_shapes"])
-    return FoldCheckpoint(cfg, encoder, members, checkpoint["n_shapes"], trees)
+    correction = SeriesCorrection.from_state(checkpoint["correction"]) if "correction" in checkpoint else None
+    return FoldCheckpoint(cfg, encoder, members, checkpoint["n_shapes"], trees, correction)
 
 
 @torch.no_grad()
@@ -349,6 +363,8 @@ def selection_note(cfg: Config) -> str:
         return "scored on an inner validation part of the training rows (tuning run)"
     blend = (f"; averaged with {' + '.join(cfg.blend_models)} (weight {cfg.tree_blend}, their hyper-parameters by "
              "inner CV on the fold's training rows)") if cfg.tree_blend else ""
+    if cfg.series_correction and cfg.task == "size":
+        blend += "; then the series correction (correction.py)"
     if cfg.model == "transformer":
         return "fixed schedule chosen on inner validation (no selection on the held-out fold)" + blend
     if cfg.model in NEURAL_MODELS:

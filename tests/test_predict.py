@@ -11,12 +11,14 @@ import torch
 
 from nanocrystal.cli import main
 from nanocrystal.config import ROOT, resolve
+from nanocrystal.correction import SeriesCorrection
 from nanocrystal.design import coverage_warnings, design, parse_vary
 from nanocrystal.encode import encode
 from nanocrystal.engine import ensemble_predict
 from nanocrystal.predict import (CACHE_FILE, load_predictor, load_run, read_recipes, save_table, shape_column,
                                  training_positions)
-from nanocrystal.runs import load_fold_models, run_experiment
+from nanocrystal.runs import fold_data, load_fold_models, run_experiment
+from nanocrystal.splits import make_folds
 
 EXAMPLES = ROOT / "examples"
 
@@ -161,9 +163,10 @@ def test_design_beyond_the_training_data_is_flagged(predictor):
                                "3 of the 3 candidates are out of domain: their predictions are extrapolations"]
 
 
-def test_tree_blend_is_saved_and_predict_applies_it(tmp_path, table, descriptors):
-    run = run_experiment(resolve("tiny", {"folds": [0], "epochs": 1, "threads": 1, "tree_blend": 0.4,
-                                          "blend_models": ["lgbm", "et"], "save_path": str(tmp_path / "blend")}))
+def test_tree_blend_and_correction_are_saved_and_predict_applies_them(tmp_path, table, dataset, descriptors):
+    cfg = resolve("tiny", {"folds": [0], "epochs": 1, "threads": 1, "tree_blend": 0.4, "blend_models": ["lgbm", "et"],
+                           "series_correction": True, "save_path": str(tmp_path / "blend")})
+    run = run_experiment(cfg)
     saved = load_fold_models(run / "fold0.pt", descriptors)
     assert [type(m.model).__name__ for m in saved.trees.models] == ["Booster", "Forest"]
     assert not any(len(m.classes) for m in saved.trees.models)  # size models
@@ -178,7 +181,14 @@ def test_tree_blend_is_saved_and_predict_applies_it(tmp_path, table, descriptors
     assert (lgbm_nm > 0).all() and (et_nm > 0).all()  # exp of a log-size model
     assert np.abs(transformer_nm - lgbm_nm).mean() > 0.01  # different models, so the weight matters
     trees_nm = (lgbm_nm + et_nm) / 2
-    np.testing.assert_allclose(oof["pred"], 0.6 * transformer_nm + 0.4 * trees_nm, rtol=1e-5, atol=1e-5)
+    # the correction comes from the blend's own predictions for the fold's training rows
+    train = fold_data(cfg, table, make_folds(table, "paper", 5, 0, [])[0], dataset.n_shapes).train
+    in_sample = (0.6 * ensemble_predict(saved.members, encode(train, saved.encoder))["size"]
+                 + 0.4 * saved.trees.predict(train))
+    factors = SeriesCorrection.fit(train, in_sample, cfg.correction_scale, cfg.correction_shrink).factors(valid)
+    np.testing.assert_allclose(saved.correction.factors(valid), factors, rtol=1e-6)
+    assert (np.abs(factors - 1) > 1e-3).mean() > 0.3  # most validation rows have a series sibling in training
+    np.testing.assert_allclose(oof["pred"], (0.6 * transformer_nm + 0.4 * trees_nm) * factors, rtol=1e-5, atol=1e-5)
     predicted = load_predictor(run).predict(valid)["size_nm"].to_numpy()
     np.testing.assert_allclose(predicted, oof["pred"], rtol=1e-5, atol=1e-5)
 

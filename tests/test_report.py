@@ -161,10 +161,14 @@ def test_labels_name_the_tree_blend_of_neural_runs_only(runs):
                                              {"tree_blend": 0.5, "blend_models": ["lgbm", "et"],
                                               "augmented": "data/augmented-k20"})
     assert blended.label == "Transformer + LightGBM + Extra trees (0.5) (augmented: augmented-k20)"
+    corrected = type(blended)(blended.path, blended.metrics, {"tree_blend": 0.8, "blend_models": ["lgbm", "et"],
+                                                              "series_correction": True})
+    assert corrected.label == "Transformer + LightGBM + Extra trees (0.8) (series correction)"
     older = type(blended)(blended.path, blended.metrics, {"lgbm_blend": 0.5})  # config.json before tree_blend
     assert older.label == "Transformer + LightGBM (0.5)"
     # the cpu preset sets tree_blend for every model; a tree run is never blended
-    forest = type(size_runs["rf"])(size_runs["rf"].path, size_runs["rf"].metrics, {"tree_blend": 0.5})
+    forest = type(size_runs["rf"])(size_runs["rf"].path, size_runs["rf"].metrics,
+                                    {"tree_blend": 0.5, "series_correction": True})
     assert forest.label == "Random forest"
     lopo = [r for r in runs if r.metrics.get("object_name")][0]
     assert type(lopo)(lopo.path, lopo.metrics, {"use_product": True}).label == "Transformer (product token)"
