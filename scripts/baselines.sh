@@ -20,9 +20,11 @@ for model in rf lgbm; do
   "$PY" train.py --model "$model" --task shape --no-use_failures --size_as_input \
     --save_path "runs/shape-$model-sizein-$stamp" "$@"
 done
-# the neural baselines alone (--tree_blend 0: the cpu preset would average them with LightGBM, as it does the transformer)
+# the neural baselines alone, as the paper's (the cpu preset would average them with the trees and apply the series
+# correction, as it does to the transformer)
 for model in mlp lstm; do
-  "$PY" train.py --model "$model" --task size --n_members 1 --snapshots 1 --tree_blend 0 --save_path "runs/size-$model-$stamp" "$@"
+  "$PY" train.py --model "$model" --task size --n_members 1 --snapshots 1 --tree_blend 0 --no-series_correction \
+    --save_path "runs/size-$model-$stamp" "$@"
 done
 echo "baselines: $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s"
 "$PY" -m nanocrystal report runs/*/ --readme README.md
