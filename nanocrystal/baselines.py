@@ -275,8 +275,6 @@ def fit_tree_fold(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> d
 
 # ---- trees beside the transformer (--tree_blend, --blend_models) -----------------------------------------------------
 
-
-
 def forest_state(estimator) -> dict[str, torch.Tensor]:
     """A fitted sklearn forest's trees as flat tensors (torch.load(weights_only=True) reads them): for every node its
     children (absolute indices; a leaf points at itself), split feature and threshold, where a missing value goes,

@@ -17,7 +17,8 @@ def series(table: pd.DataFrame) -> pd.DataFrame:
     rows = table[evaluation_mask(table)].copy()
     rows["key"] = series_keys(rows)
     for _, group in rows.groupby("key"):
-        if len(group) >= 4 and len(scaled_conditions(group).round(6).tolist()) == len(group):
+        distinct = {tuple(row) for row in scaled_conditions(group).round(6)}
+        if len(group) >= 4 and len(distinct) == len(group):
             return group.drop(columns="key").reset_index(drop=True)
     raise AssertionError("no recipe series of 4 rows")
 
