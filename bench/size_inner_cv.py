@@ -38,6 +38,8 @@ from nanocrystal.splits import combined_table, make_folds  # noqa: E402
 VARIANTS = {
     "lgbm_nm": ("lgbm", {}, False, 0.1),
     "lgbm_log": ("lgbm", {}, True, 0.1),
+    "lgbm_log_l1": ("lgbm", dict(objective="l1"), True, 0.1),
+    "lgbm_log_huber": ("lgbm", dict(objective="huber", alpha=0.15), True, 0.1),
     "rf_log": ("rf", {}, True, 0.3),
     "et_log": ("et", {}, True, 1.0),
     "et_log_200": ("et", dict(n_estimators=200), True, 1.0),
@@ -47,7 +49,6 @@ BLENDS = {"lgbm_nm": ["lgbm_nm"], "lgbm_log": ["lgbm_log"], "et_log": ["et_log"]
           "lgbm_log + et_log": ["lgbm_log", "et_log"], "lgbm_log + et_log + rf_log": ["lgbm_log", "et_log", "rf_log"]}
 WEIGHTS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 1.0)
 CORRECTION_GRID = [(scale, shrink) for scale in (0.25, 0.5, 1.0) for shrink in (0.0, 0.01, 0.03, 0.1)]
-CORRECTED_BLEND = "lgbm_log + et_log"
 
 
 def inner_parts(cfg: Config, dataset):
@@ -104,7 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transformer_splits", type=int, default=1, help="inner folds per outer fold (0: none)")
     parser.add_argument("--data_dir", default=str(ROOT / "data"))
     parser.add_argument("--out", default="", help="CSV of every scored row's predictions")
+    parser.add_argument("--corrected_blends", nargs="+", default=["lgbm_log+et_log"],
+                        help="tree variants joined by '+', averaged in the series-correction tables (one table each)")
     args = parser.parse_args(argv)
+    for corrected_blend in args.corrected_blends:
+        unknown = set(corrected_blend.split("+")) - set(VARIANTS)
+        if unknown:
+            parser.error(f"--corrected_blends {corrected_blend}: unknown variants {', '.join(sorted(unknown))}")
     cfg = resolve("cpu", {"data_dir": args.data_dir, "tree_blend": 0.0, "series_correction": False, "workers": 1})
     start = time.time()
     dataset = load_dataset(cfg.data_dir)
@@ -139,37 +146,38 @@ def main(argv: list[str] | None = None) -> int:
                 trees = with_t[members].mean(axis=1)
                 maes = [np.abs((1 - w) * with_t["transformer"] + w * trees - with_t["true"]).mean() for w in WEIGHTS]
                 print(f"{blend:28s} " + " ".join(f"{m:.4f}" for m in maes))
-    members = BLENDS[CORRECTED_BLEND]
-    if set(members) <= set(args.variants):
-        print(f"\n{CORRECTED_BLEND} alone, then the series correction, on all {len(rows)} rows:")
-        for scale, shrink in [(None, None), *CORRECTION_GRID]:
-            errors = []
-            for index, (_, _, part) in enumerate(parts):
-                scored_nm = frames[index][members].to_numpy().mean(axis=1)
-                if scale is not None:
-                    scored_nm = corrected(part, scored_nm, np.mean([own[index][m] for m in members], axis=0), scale,
-                                          shrink)
-                errors.append(np.abs(scored_nm - frames[index]["true"].to_numpy()))
-            label = "no correction" if scale is None else f"{scale}, {shrink}"
-            print(f"{label:28s} MAE {np.concatenate(errors).mean():.4f}")
-    if "transformer" in rows and set(members) <= set(args.variants):
-        print(f"\n{CORRECTED_BLEND} beside the transformer, then the series correction (MAE at tree weight w):")
-        print(f"{'scale, shrink':28s} " + " ".join(f"w={w:.1f} " for w in WEIGHTS))
-        chosen = [(index, part) for index, part in neural]
-        for scale, shrink in [(None, None), *CORRECTION_GRID]:
-            maes = []
-            for w in WEIGHTS:
+    for corrected_blend in args.corrected_blends:
+        members = corrected_blend.split("+")
+        if set(members) <= set(args.variants):
+            print(f"\n{corrected_blend} alone, then the series correction, on all {len(rows)} rows:")
+            for scale, shrink in [(None, None), *CORRECTION_GRID]:
                 errors = []
-                for index, part in chosen:
-                    def mix(p):
-                        return (1 - w) * p["transformer"] + w * np.mean([p[m] for m in members], axis=0)
-                    scored_nm = mix({k: frames[index][k].to_numpy() for k in ["transformer", *members]})
+                for index, (_, _, part) in enumerate(parts):
+                    scored_nm = frames[index][members].to_numpy().mean(axis=1)
                     if scale is not None:
-                        scored_nm = corrected(parts[index][2], scored_nm, mix(own[index]), scale, shrink)
+                        scored_nm = corrected(part, scored_nm, np.mean([own[index][m] for m in members], axis=0), scale,
+                                              shrink)
                     errors.append(np.abs(scored_nm - frames[index]["true"].to_numpy()))
-                maes.append(np.concatenate(errors).mean())
-            label = "no correction" if scale is None else f"{scale}, {shrink}"
-            print(f"{label:28s} " + " ".join(f"{m:.4f}" for m in maes))
+                label = "no correction" if scale is None else f"{scale}, {shrink}"
+                print(f"{label:28s} MAE {np.concatenate(errors).mean():.4f}")
+        if "transformer" in rows and set(members) <= set(args.variants):
+            print(f"\n{corrected_blend} beside the transformer, then the series correction (MAE at tree weight w):")
+            print(f"{'scale, shrink':28s} " + " ".join(f"w={w:.1f} " for w in WEIGHTS))
+            chosen = [(index, part) for index, part in neural]
+            for scale, shrink in [(None, None), *CORRECTION_GRID]:
+                maes = []
+                for w in WEIGHTS:
+                    errors = []
+                    for index, part in chosen:
+                        def mix(p):
+                            return (1 - w) * p["transformer"] + w * np.mean([p[m] for m in members], axis=0)
+                        scored_nm = mix({k: frames[index][k].to_numpy() for k in ["transformer", *members]})
+                        if scale is not None:
+                            scored_nm = corrected(parts[index][2], scored_nm, mix(own[index]), scale, shrink)
+                        errors.append(np.abs(scored_nm - frames[index]["true"].to_numpy()))
+                    maes.append(np.concatenate(errors).mean())
+                label = "no correction" if scale is None else f"{scale}, {shrink}"
+                print(f"{label:28s} " + " ".join(f"{m:.4f}" for m in maes))
     return 0
 
 

@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nanocrystal.config import resolve  # noqa: E402
 from nanocrystal.descriptors import load_descriptors  # noqa: E402
 from nanocrystal.encode import encode, fit_encoder  # noqa: E402
-from nanocrystal.engine import resolve_device, task_loss  # noqa: E402
+from nanocrystal.engine import make_optimizer, resolve_device, train_step  # noqa: E402
 from nanocrystal.recipes import load_dataset  # noqa: E402
 from nanocrystal.runs import fold_data, make_model_factory  # noqa: E402
 from nanocrystal.splits import combined_table, paper_folds  # noqa: E402
@@ -29,9 +30,10 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=0, help="0 = the preset's")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    overrides = {"batch_size": args.batch_size} if args.batch_size else {}
+    overrides = {"device": args.device, **({"batch_size": args.batch_size} if args.batch_size else {})}
     cfg = resolve(args.preset, overrides)
     dataset = load_dataset(cfg.data_dir)
     store = load_descriptors(cfg.feats_path)
@@ -41,16 +43,13 @@ def main() -> None:
     device = resolve_device(cfg)
     batch_all = encode(data.train, encoder, data.train_weak).to(device)
     model = make_model_factory(cfg, encoder, store, dataset.n_shapes)().to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer, scheduler = make_optimizer(model, cfg, steps_per_epoch=1, epochs=args.steps + 3)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     generator = torch.Generator().manual_seed(0)
 
-    def step() -> None:
+    def step() -> None:  # the training loop's own step (engine.train_step): forward, backward, AdamW, EMA
         rows = torch.randint(0, len(batch_all), (cfg.batch_size,), generator=generator).to(device)
-        batch = batch_all.index(rows)
-        loss = task_loss(model(batch), batch, cfg)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, ema, optimizer, scheduler, batch_all.index(rows), cfg)
 
     for _ in range(3):  # warm-up
         step()
@@ -67,7 +66,8 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     print(f"preset {args.preset}: d={cfg.d_model} depth={cfg.depth} ffn={cfg.d_ffn} params={params:,} "
           f"batch={cfg.batch_size} device={device} threads={args.threads}")
-    print(f"  {samples / seconds:,.0f} training samples/s ({1000 * seconds / samples:.3f} ms per sample)")
+    print(f"  {samples / seconds:,.0f} training samples/s ({1000 * seconds / samples:.3f} ms per sample, "
+          f"{args.steps / seconds:.1f} steps/s)")
     print(f"  peak resident memory {peak_rss_mib:,.0f} MiB"
           + (f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB" if device.type == "cuda"
              else ""))

@@ -69,31 +69,42 @@ class History:
     train_loss: list[float]
 
 
-def run_epochs(model: torch.nn.Module, ema: AveragedModel, data: Batch, cfg: Config, epochs: int,
-               generator: torch.Generator, masked: bool, desc: str, on_epoch=None) -> list[float]:
-    """Adam(W) with warm-up + cosine over `epochs`; updates the EMA after every step."""
+def make_optimizer(model: torch.nn.Module, cfg: Config, steps_per_epoch: int, epochs: int):
+    """AdamW with linear warm-up + cosine over `epochs`."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     total = epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, cfg.warmup_epochs * steps_per_epoch, total))
+    return optimizer, scheduler
+
+
+def train_step(model: torch.nn.Module, ema: AveragedModel, optimizer, scheduler, batch: Batch, cfg: Config,
+               drop: torch.Tensor | None = None) -> torch.Tensor:
+    """One optimisation step and EMA update; returns the loss without reading it back (no host sync on a GPU)."""
+    loss = task_loss(model(batch, drop), batch, cfg)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    ema.update_parameters(model)
+    return loss.detach()
+
+
+def run_epochs(model: torch.nn.Module, ema: AveragedModel, data: Batch, cfg: Config, epochs: int,
+               generator: torch.Generator, masked: bool, desc: str, on_epoch=None) -> list[float]:
+    """`epochs` passes over `data` in shuffled batches; returns the mean loss per epoch."""
+    optimizer, scheduler = make_optimizer(model, cfg, math.ceil(len(data) / cfg.batch_size), epochs)
     losses = []
     for epoch in tqdm(range(epochs), desc=desc, leave=False, mininterval=2.0):
         model.train()
         order = torch.randperm(len(data), generator=generator).to(data.size_nm.device)
-        epoch_loss = 0.0
+        epoch_loss = torch.zeros((), device=data.size_nm.device)
         for start in range(0, len(data), cfg.batch_size):
             batch = data.index(order[start:start + cfg.batch_size])
             drop = descriptor_mask(batch, cfg.pretrain_mask_rate, generator) if masked else None
-            loss = task_loss(model(batch, drop), batch, cfg)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            ema.update_parameters(model)
-            epoch_loss += loss.item() * len(batch)
-        losses.append(epoch_loss / len(data))
+            epoch_loss += train_step(model, ema, optimizer, scheduler, batch, cfg, drop) * len(batch)
+        losses.append(epoch_loss.item() / len(data))
         if on_epoch is not None:
             on_epoch(epoch + 1, ema.module)
     return losses

@@ -173,6 +173,8 @@ def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shape
         snapshots, _ = train_member(factory, train_batch, cfg, seed=cfg.seed * 1000 + member, on_epoch=on_epoch)
         members.extend(snapshots)
     prediction = ensemble_predict(members, valid_batch)
+    # the held-out figure after each stage of the prediction, so a run shows what the trees and the correction add
+    stages = {cfg.model: stage_scores(cfg, data.valid, prediction, n_shapes)}
     checkpoint = {
         "config": json.loads(cfg.to_json()),
         "encoder": encoder.to_dict(),
@@ -185,6 +187,7 @@ def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shape
         checkpoint["trees"] = fit_blend(cfg, data, store, n_shapes)
         trees = TreeBlend.from_state(checkpoint["trees"], store, n_shapes)
         prediction = blend(cfg, prediction, trees.predict(data.valid))
+        stages["tree_blend"] = stage_scores(cfg, data.valid, prediction, n_shapes)
         # each tree model's inner-CV choice, kept in fold<k>.json
         prediction["selection"] = {f"tree_blend_{entry['model']}": json.loads(entry["selection"])
                                    for entry in checkpoint["trees"]}
@@ -199,7 +202,8 @@ def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shape
         checkpoint["correction"] = correction.to_state()
         factors = correction.factors(data.valid)
         prediction = {**prediction, "size": prediction["size"] * factors, "size_std": prediction["size_std"] * factors}
-    return prediction, checkpoint
+        stages["series_correction"] = stage_scores(cfg, data.valid, prediction, n_shapes)
+    return {**prediction, "stages": stages}, checkpoint
 
 
 def blend(cfg: Config, transformer: dict[str, np.ndarray], trees: np.ndarray) -> dict[str, np.ndarray]:
@@ -276,6 +280,11 @@ def score(cfg: Config, valid: pd.DataFrame, prediction: dict, n_shapes: int) -> 
     return shape_metrics(shape[keep], prediction["shape"][keep].argmax(1), n_shapes)
 
 
+def stage_scores(cfg: Config, valid: pd.DataFrame, prediction: dict, n_shapes: int) -> dict[str, float]:
+    scores = score(cfg, valid, prediction, n_shapes)
+    return {name: scores[name] for name in primary_metrics(cfg)}
+
+
 def fold_predictions(cfg: Config, fold: Fold, valid: pd.DataFrame, prediction: dict) -> pd.DataFrame:
     frame = pd.DataFrame({"ID": valid["ID"].to_numpy(), "fold": fold.name})
     if cfg.task == "size":
@@ -322,6 +331,11 @@ def run_fold(cfg: Config, run_dir: Path, outer: Fold) -> None:
               "predictions": predictions.to_dict(orient="list")}
     if "selection" in prediction:  # tree baselines: the chosen parameters and every candidate's inner score
         record["selection"] = prediction["selection"]
+    if "stages" in prediction:
+        record["stages"] = prediction["stages"]
+        logger.info(f"{fold.name} by stage: " + "; ".join(
+            f"{stage} {', '.join(f'{k} {v:.4f}' for k, v in values.items())}"
+            for stage, values in prediction["stages"].items()))
     write_text(run_dir / f"{outer.name}.json", json.dumps(record))
     logger.info(f"{fold.name}: " + ", ".join(f"{k} {scores[k]:.4f}" for k in primary_metrics(cfg))
                 + f" ({record['wall_s']:.0f} s)")
@@ -386,6 +400,9 @@ def finish_run(cfg: Config, run_dir: Path, folds: list[Fold], logger, command: s
         "wall_s": wall_s, "fold_wall_s": float(sum(r["wall_s"] for r in records)),
         "command": command,
     }
+    if all("stages" in r for r in records):  # neural runs: the mean held-out figure after each stage
+        metrics["stages"] = {stage: mean_metrics([r["stages"][stage] for r in records], names)
+                             for stage in records[0]["stages"]}
     if cfg.task == "shape":
         metrics["confusion"] = np.sum([r["metrics"]["confusion"] for r in records], axis=0).tolist()
     oof = pd.concat([pd.DataFrame(r["predictions"]) for r in records], ignore_index=True)

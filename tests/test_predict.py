@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import mean_absolute_error
 
 from nanocrystal.cli import main
 from nanocrystal.config import ROOT, resolve
@@ -191,6 +192,12 @@ def test_tree_blend_and_correction_are_saved_and_predict_applies_them(tmp_path, 
     np.testing.assert_allclose(oof["pred"], (0.6 * transformer_nm + 0.4 * trees_nm) * factors, rtol=1e-5, atol=1e-5)
     predicted = load_predictor(run).predict(valid)["size_nm"].to_numpy()
     np.testing.assert_allclose(predicted, oof["pred"], rtol=1e-5, atol=1e-5)
+    # the record scores each stage of that prediction, and metrics.json holds their means (one fold here)
+    true_nm = valid["Y1"].to_numpy()
+    for stage, pred_nm in [("transformer", transformer_nm), ("tree_blend", 0.6 * transformer_nm + 0.4 * trees_nm),
+                           ("series_correction", oof["pred"])]:
+        assert record["stages"][stage]["mae"] == pytest.approx(mean_absolute_error(true_nm, pred_nm), rel=1e-5)
+    assert json.loads((run / "metrics.json").read_text())["stages"] == record["stages"]
 
 
 def test_a_checkpoint_with_the_older_lightgbm_blend_is_refused(tmp_path, descriptors):
