@@ -40,10 +40,15 @@ VARIANTS = {
     "lgbm_log": ("lgbm", {}, True, 0.1),
     "lgbm_log_l1": ("lgbm", dict(objective="l1"), True, 0.1),
     "lgbm_log_huber": ("lgbm", dict(objective="huber", alpha=0.15), True, 0.1),
+    "lgbm_log_huber_a05": ("lgbm", dict(objective="huber", alpha=0.05), True, 0.1),  # --lgbm_huber_delta 0.05
+    "lgbm_log_huber_a30": ("lgbm", dict(objective="huber", alpha=0.3), True, 0.1),
     "rf_log": ("rf", {}, True, 0.3),
     "et_log": ("et", {}, True, 1.0),
     "et_log_200": ("et", dict(n_estimators=200), True, 1.0),
     "et_log_half": ("et", dict(max_features=0.5), True, 0.3),
+    "et_log_leaf3": ("et", dict(min_samples_leaf=3), True, 1.0),
+    "et_log_leaf5": ("et", dict(min_samples_leaf=5), True, 1.0),
+    "et_log_boot": ("et", dict(bootstrap=True, max_samples=0.7), True, 1.0),
 }
 BLENDS = {"lgbm_nm": ["lgbm_nm"], "lgbm_log": ["lgbm_log"], "et_log": ["et_log"],
           "lgbm_log + et_log": ["lgbm_log", "et_log"], "lgbm_log + et_log + rf_log": ["lgbm_log", "et_log", "rf_log"]}
@@ -64,9 +69,9 @@ def inner_parts(cfg: Config, dataset):
             yield fold.index, inner, part
 
 
-def tree_predictions(cfg: Config, part: FoldData, variants: list[str],
-                     threads: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Each variant's predictions for the scored rows and for its own fit rows."""
+def tree_predictions(cfg: Config, part: FoldData, variants: list[str], threads: int, model_seeds: list[int]
+                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Each variant's predictions for the scored rows and for its own fit rows, averaged over the model seeds."""
     store = load_descriptors(cfg.feats_path)
     features = featurizer(cfg, store).fit(part.train)
     x_train, x_valid = features.transform(part.train), features.transform(part.valid)
@@ -74,11 +79,17 @@ def tree_predictions(cfg: Config, part: FoldData, variants: list[str],
     scored, own = {}, {}
     for name in variants:
         model, params, log_target, weak_weight = VARIANTS[name]
-        estimator = make_estimator(model, "size", params, cfg.seed, threads)  # fits log(size)
-        estimator = estimator if log_target else estimator.regressor  # the same model on nm
         weights = np.where(part.train_weak, weak_weight, 1.0)
-        estimator.fit(x_train, y_train, sample_weight=weights)
-        scored[name], own[name] = estimator.predict(x_valid), estimator.predict(x_train)
+        each_scored, each_own = [], []
+        for seed in model_seeds if model == "lgbm" else model_seeds[:1]:  # as --lgbm_seeds
+            estimator = make_estimator(model, "size", params, seed, threads)  # fits log(size)
+            estimator = estimator if log_target else estimator.regressor  # the same model on nm
+            estimator.fit(x_train, y_train, sample_weight=weights)
+            each_scored.append(estimator.predict(x_valid))
+            each_own.append(estimator.predict(x_train))
+        # the seeds' mean of log(size), as baselines.predict_mean (nm models: the plain mean)
+        average = (lambda p: np.exp(np.mean(np.log(p), axis=0))) if log_target else (lambda p: np.mean(p, axis=0))
+        scored[name], own[name] = average(each_scored), average(each_own)
     return scored, own
 
 
@@ -105,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transformer_splits", type=int, default=1, help="inner folds per outer fold (0: none)")
     parser.add_argument("--data_dir", default=str(ROOT / "data"))
     parser.add_argument("--out", default="", help="CSV of every scored row's predictions")
+    parser.add_argument("--model_seed", type=int, default=0,
+                        help="the tree models' random state (the splits keep seed 0): how much a figure is seed noise")
+    parser.add_argument("--seeds", type=int, default=1, help="LightGBM variants: the mean of this many model seeds")
     parser.add_argument("--corrected_blends", nargs="+", default=["lgbm_log+et_log"],
                         help="tree variants joined by '+', averaged in the series-correction tables (one table each)")
     args = parser.parse_args(argv)
@@ -118,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parts = list(inner_parts(cfg, dataset))
     frames, own, neural = [], [], []
     for outer, inner, part in parts:
-        trees, trees_own = tree_predictions(cfg, part, args.variants, threads=2)
+        trees, trees_own = tree_predictions(cfg, part, args.variants, threads=2,
+                                             model_seeds=list(range(args.model_seed, args.model_seed + args.seeds)))
         frames.append(pd.DataFrame({"outer": outer, "inner": inner, "ID": part.valid["ID"],
                                     "true": part.valid["Y1"].to_numpy(float), **trees}))
         own.append(trees_own)

@@ -202,8 +202,18 @@ def fit_predict(cfg: Config, store: DescriptorStore, train: pd.DataFrame, weak: 
     return results
 
 
-def fit_estimator(cfg: Config, choice: Candidate, x_train: np.ndarray, y_train: np.ndarray, weak: np.ndarray):
-    estimator = make_estimator(cfg.model, cfg.task, choice.params, cfg.seed, n_threads(cfg))
+def loss_params(cfg: Config) -> dict[str, Any]:
+    """--lgbm_huber_delta: LightGBM's size loss on log(size) becomes Huber. Alone it scores worse than squared error,
+    but its training residuals leave more for the series correction (inner CV, docs/size_ablations.md, session 5)."""
+    if cfg.model == "lgbm" and cfg.task == "size" and cfg.lgbm_huber_delta > 0:
+        return {"objective": "huber", "alpha": cfg.lgbm_huber_delta}
+    return {}
+
+
+def fit_estimator(cfg: Config, choice: Candidate, x_train: np.ndarray, y_train: np.ndarray, weak: np.ndarray,
+                  seed: int | None = None):
+    params = {**choice.params, **loss_params(cfg)}
+    estimator = make_estimator(cfg.model, cfg.task, params, cfg.seed if seed is None else seed, n_threads(cfg))
     # no weights at all when every row weighs 1: HistGradientBoosting is 2-3x slower with them
     weights = None if choice.weak_weight == 1.0 else np.where(weak, choice.weak_weight, 1.0)
     return estimator.fit(x_train, y_train, sample_weight=weights)
@@ -234,11 +244,26 @@ def selection_summary(model: str, task: str) -> str:
     return f"{chosen} by {INNER_FOLDS}-fold inner CV on each fold's training rows; refit on all of them"
 
 
+def model_seeds(cfg: Config) -> list[int]:
+    """LightGBM is refitted with `lgbm_seeds` seeds and averaged: its column sampling makes one fit noisy (inner CV,
+    docs/size_ablations.md, session 5). The forests already average their trees."""
+    return [cfg.seed + k for k in range(cfg.lgbm_seeds if cfg.model == "lgbm" else 1)]
+
+
+def predict_mean(task: str, estimators: list, features: np.ndarray, n_shapes: int) -> dict[str, np.ndarray]:
+    """`predict` of several fits of one model: the geometric mean of the sizes (the size models are means of
+    log(size)), the mean of the shape and failure probabilities."""
+    each = [predict(task, estimator, features, n_shapes) for estimator in estimators]
+    if task == "size":
+        return {"size": np.exp(np.mean([np.log(e["size"]) for e in each], axis=0))}
+    return {key: np.mean([e[key] for e in each], axis=0) for key in each[0]}
+
+
 @dataclass
 class FittedTree:
-    """A tree model refitted on all of a fold's training rows with its inner-CV choice."""
+    """A tree model refitted on all of a fold's training rows with its inner-CV choice (one fit per seed)."""
     features: RecipeFeaturizer
-    estimator: Any
+    estimators: list[Any]
     selection: dict[str, Any]
 
 
@@ -251,15 +276,17 @@ def fit_selected(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> Fi
     with threadpool_limits(limits=n_threads(cfg)):
         best, table = select(cfg, store, data.train, weak, n_shapes)
         features = featurizer(cfg, store).fit(data.train)
-        estimator = fit_estimator(cfg, best, features.transform(data.train), targets(cfg.task, data.train), weak)
+        x_train, y_train = features.transform(data.train), targets(cfg.task, data.train)
+        estimators = [fit_estimator(cfg, best, x_train, y_train, weak, seed) for seed in model_seeds(cfg)]
     selection = {
         "summary": selection_summary(cfg.model, cfg.task),
         "inner_metric": "1 - accuracy" if cfg.task == "shape" else "mae",
-        "params": {**FIXED[cfg.task][cfg.model], **best.params},
+        "params": {**FIXED[cfg.task][cfg.model], **best.params, **loss_params(cfg)},
         "weak_weight": best.weak_weight,
+        "seeds": model_seeds(cfg),
         "candidates": table,
     }
-    return FittedTree(features, estimator, selection)
+    return FittedTree(features, estimators, selection)
 
 
 def fit_tree_fold(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> dict[str, Any]:
@@ -268,7 +295,7 @@ def fit_tree_fold(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> d
     `selection` (the chosen candidate, the inner metric and every candidate's inner score)."""
     fitted = fit_selected(cfg, data, store, n_shapes)
     with threadpool_limits(limits=n_threads(cfg)):
-        prediction = predict(cfg.task, fitted.estimator, fitted.features.transform(data.valid), n_shapes)
+        prediction = predict_mean(cfg.task, fitted.estimators, fitted.features.transform(data.valid), n_shapes)
     prediction["selection"] = fitted.selection
     return prediction
 
@@ -341,10 +368,10 @@ def fit_blend(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> list[
     entries = []
     for model in cfg.blend_models:
         fitted = fit_selected(replace(cfg, model=model, augmented=""), data, store, n_shapes)
-        estimator = fitted.estimator.regressor_ if cfg.task == "size" else fitted.estimator
-        saved = ({"booster": estimator.booster_.model_to_string()} if model == "lgbm"
-                 else {"forest": forest_state(estimator)})
-        classes = getattr(estimator, "classes_", np.zeros(0, int))
+        estimators = [e.regressor_ if cfg.task == "size" else e for e in fitted.estimators]
+        saved = ({"boosters": [e.booster_.model_to_string() for e in estimators]} if model == "lgbm"
+                 else {"forest": forest_state(estimators[0])})
+        classes = getattr(estimators[0], "classes_", np.zeros(0, int))
         entries.append({"model": model, "features": fitted.features.to_state(), **saved,
                         "classes": torch.as_tensor(classes, dtype=torch.long), "selection": json.dumps(fitted.selection)})
     return entries
@@ -354,23 +381,25 @@ def fit_blend(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> list[
 class BlendModel:
     """One fold's --tree_blend model rebuilt from its checkpoint entry, parsed once for many predictions."""
     features: RecipeFeaturizer
-    model: lgb.Booster | Forest
+    models: list[lgb.Booster] | list[Forest]  # LightGBM: one booster per seed, averaged
     classes: np.ndarray  # shape task: the classes the model's columns stand for; empty for size
     n_shapes: int
 
     @classmethod
     def from_state(cls, state: dict[str, Any], store: DescriptorStore, n_shapes: int) -> "BlendModel":
         classes = state["classes"].numpy()
-        model = (lgb.Booster(model_str=state["booster"]) if "booster" in state
-                 else Forest.from_state(state["forest"], classifier=bool(len(classes))))
-        return cls(RecipeFeaturizer.from_state(state["features"], store), model, classes, n_shapes)
+        if "forest" in state:
+            models = [Forest.from_state(state["forest"], classifier=bool(len(classes)))]
+        else:  # "booster": one LightGBM model, written before lgbm_seeds
+            models = [lgb.Booster(model_str=text) for text in state.get("boosters", [state.get("booster")])]
+        return cls(RecipeFeaturizer.from_state(state["features"], store), models, classes, n_shapes)
 
     def predict(self, table: pd.DataFrame) -> np.ndarray:
         """Size in nm, or (rows, n_shapes) shape probabilities."""
         x = self.features.transform(table)
-        with threadpool_limits(limits=1):
-            raw = (self.model.predict(x, num_threads=1) if isinstance(self.model, lgb.Booster)
-                   else self.model.predict(x))
+        with threadpool_limits(limits=1):  # the mean over seeds of log(size), or of the shape probabilities
+            raw = np.mean([m.predict(x, num_threads=1) if isinstance(m, lgb.Booster) else m.predict(x)
+                           for m in self.models], axis=0)
         if not len(self.classes):
             return SIZE_TARGET[1](raw)
         proba = np.zeros((len(table), self.n_shapes))

@@ -46,12 +46,22 @@ class Run:
     metrics: dict
     config: dict  # config.json when the folder has one, else {}
 
+    def model_name(self, model: str) -> str:
+        """LightGBM with its seeds and loss when they are not one fit with squared error."""
+        name = MODEL_NAMES.get(model, model)
+        if model != "lgbm":
+            return name
+        details = [f"{self.config['lgbm_seeds']} seeds"] if self.config.get("lgbm_seeds", 1) > 1 else []
+        if self.config.get("lgbm_huber_delta") and self.metrics["task"] == "size":
+            details.append(f"Huber {self.config['lgbm_huber_delta']:g}")
+        return name + (f" ({', '.join(details)})" if details else "")
+
     @property
     def label(self) -> str:
-        name = MODEL_NAMES.get(self.metrics["model"], self.metrics["model"])
+        name = self.model_name(self.metrics["model"])
         weight = self.config.get("tree_blend", self.config.get("lgbm_blend"))  # the older runs' name for it
         if weight and self.metrics["model"] in NEURAL_MODELS:
-            trees = " + ".join(MODEL_NAMES[m] for m in self.config.get("blend_models", ["lgbm"]))
+            trees = " + ".join(self.model_name(m) for m in self.config.get("blend_models", ["lgbm"]))
             name += f" + {trees} ({weight:g})"
         extras = []
         if self.metrics["task"] == "shape":

@@ -19,7 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 source scripts/take_save_path.sh "runs/shape-$(date +%Y%m%d-%H%M%S)" "$@"
-common=(--task shape --preset cpu --no-use_product --epochs 40 --n_members 1)
+# one LightGBM fit per fold: averaging seeds (--lgbm_seeds) was validated for size only
+common=(--task shape --preset cpu --no-use_product --epochs 40 --n_members 1 --lgbm_seeds 1)
 bash scripts/run_task.sh shape-sizein "${common[@]}" --size_as_input -- "${user[@]}" --save_path "$save-sizein"
 bash scripts/run_task.sh shape-recipe "${common[@]}" -- "${user[@]}" --save_path "$save-recipe"
 "$PY" -m nanocrystal.task_tables shape "$save-sizein" "$save-recipe"

@@ -166,10 +166,11 @@ def test_design_beyond_the_training_data_is_flagged(predictor):
 
 def test_tree_blend_and_correction_are_saved_and_predict_applies_them(tmp_path, table, dataset, descriptors):
     cfg = resolve("tiny", {"folds": [0], "epochs": 1, "threads": 1, "tree_blend": 0.4, "blend_models": ["lgbm", "et"],
-                           "series_correction": True, "save_path": str(tmp_path / "blend")})
+                           "lgbm_seeds": 2, "series_correction": True, "save_path": str(tmp_path / "blend")})
     run = run_experiment(cfg)
     saved = load_fold_models(run / "fold0.pt", descriptors)
-    assert [type(m.model).__name__ for m in saved.trees.models] == ["Booster", "Forest"]
+    assert [[type(m).__name__ for m in blended.models] for blended in saved.trees.models] == [["Booster"] * 2,
+                                                                                               ["Forest"]]
     assert not any(len(m.classes) for m in saved.trees.models)  # size models
     record = json.loads((run / "fold0.json").read_text())
     # each tree model's inner-CV choice is on record

@@ -164,6 +164,10 @@ def test_labels_name_the_tree_blend_of_neural_runs_only(runs):
     corrected = type(blended)(blended.path, blended.metrics, {"tree_blend": 0.8, "blend_models": ["lgbm", "et"],
                                                               "series_correction": True})
     assert corrected.label == "Transformer + LightGBM + Extra trees (0.8) (series correction)"
+    seeded = type(blended)(blended.path, blended.metrics, {"tree_blend": 0.8, "blend_models": ["lgbm", "et"],
+                                                           "lgbm_seeds": 3, "lgbm_huber_delta": 0.05,
+                                                           "series_correction": True})
+    assert seeded.label == "Transformer + LightGBM (3 seeds, Huber 0.05) + Extra trees (0.8) (series correction)"
     older = type(blended)(blended.path, blended.metrics, {"lgbm_blend": 0.5})  # config.json before tree_blend
     assert older.label == "Transformer + LightGBM (0.5)"
     # the cpu preset sets tree_blend for every model; a tree run is never blended
