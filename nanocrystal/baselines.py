@@ -391,7 +391,8 @@ class BlendModel:
         if "forest" in state:
             models = [Forest.from_state(state["forest"], classifier=bool(len(classes)))]
         else:  # "booster": one LightGBM model, written before lgbm_seeds
-            models = [lgb.Booster(model_str=text) for text in state.get("boosters", [state.get("booster")])]
+            texts = state["boosters"] if "boosters" in state else [state["booster"]]
+            models = [lgb.Booster(model_str=text) for text in texts]
         return cls(RecipeFeaturizer.from_state(state["features"], store), models, classes, n_shapes)
 
     def predict(self, table: pd.DataFrame) -> np.ndarray:

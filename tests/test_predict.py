@@ -10,6 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import mean_absolute_error
 
+from nanocrystal.baselines import BlendModel
 from nanocrystal.cli import main
 from nanocrystal.config import ROOT, resolve
 from nanocrystal.correction import SeriesCorrection
@@ -199,6 +200,14 @@ def test_tree_blend_and_correction_are_saved_and_predict_applies_them(tmp_path, 
                            ("series_correction", oof["pred"])]:
         assert record["stages"][stage]["mae"] == pytest.approx(mean_absolute_error(true_nm, pred_nm), rel=1e-5)
     assert json.loads((run / "metrics.json").read_text())["stages"] == record["stages"]
+    # LightGBM's seeds: the blend model is the mean of the boosters' log sizes; a checkpoint written before
+    # --lgbm_seeds holds one "booster" and still loads
+    entry = torch.load(run / "fold0.pt", weights_only=True)["trees"][0]
+    boosters = [BlendModel.from_state({**entry, "boosters": [text]}, descriptors, dataset.n_shapes).predict(valid)
+                for text in entry["boosters"]]
+    np.testing.assert_allclose(lgbm_nm, np.exp(np.mean(np.log(boosters), axis=0)), rtol=1e-9)
+    older = {k: v for k, v in entry.items() if k != "boosters"} | {"booster": entry["boosters"][0]}
+    np.testing.assert_allclose(BlendModel.from_state(older, descriptors, dataset.n_shapes).predict(valid), boosters[0])
 
 
 def test_a_checkpoint_with_the_older_lightgbm_blend_is_refused(tmp_path, descriptors):
