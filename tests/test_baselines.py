@@ -11,7 +11,7 @@ import torch
 from sklearn.exceptions import NotFittedError
 
 from nanocrystal.baselines import (WEAK_WEIGHTS, candidates, fit_selected, fit_tree_fold, inner_splits, predict,
-                                  selection_summary)
+                                  predict_mean, selection_summary)
 from nanocrystal.config import resolve
 from nanocrystal.descriptors import DescriptorStore
 from nanocrystal.encode import encode, fit_encoder
@@ -109,32 +109,33 @@ def test_fold_predictions_ignore_other_validation_rows(fold_slice, descriptors, 
 def test_lgbm_seeds_average_fits_that_differ_only_in_seed(fold_slice, descriptors, task):
     train, valid = fold_slice
     data = SimpleNamespace(train=train, valid=valid, train_weak=~is_solid(train).to_numpy())
-    one = fit_selected(resolve("cpu", {"model": "lgbm", "task": task, "threads": 1}), data, descriptors, 11)
-    cfg = resolve("cpu", {"model": "lgbm", "task": task, "threads": 1, "lgbm_seeds": 3})
-    three = fit_selected(cfg, data, descriptors, 11)
+    settings = {"model": "lgbm", "task": task, "threads": 1, "lgbm_huber_delta": 0.0}
+    one = fit_selected(resolve("cpu", {**settings, "lgbm_seeds": 1}), data, descriptors, 11)
+    three = fit_selected(resolve("cpu", {**settings, "lgbm_seeds": 3}), data, descriptors, 11)
     assert three.selection["seeds"] == [0, 1, 2] and one.selection["seeds"] == [0]
     assert three.selection["candidates"] == one.selection["candidates"]  # chosen once, with the run's seed
     x = three.features.transform(valid)
-    each = [predict(task, e, x, 11)["size" if task == "size" else "shape"] for e in three.estimators]
-    np.testing.assert_array_equal(each[0], predict(task, one.estimators[0], x, 11)["size" if task == "size" else "shape"])
+    key = "size" if task == "size" else "shape"
+    each = [predict(task, e, x, 11)[key] for e in three.estimators]
+    np.testing.assert_array_equal(each[0], predict(task, one.estimators[0], x, 11)[key])
     assert np.abs(each[1] - each[0]).mean() > 1e-3  # the seed changes LightGBM's column sampling
-    result = fit_tree_fold(cfg, data, descriptors, 11)
-    if task == "size":  # the mean of log(size)
-        np.testing.assert_allclose(result["size"], np.exp(np.mean(np.log(each), axis=0)), rtol=1e-12)
-    else:
-        np.testing.assert_allclose(result["shape"], np.mean(each, axis=0), rtol=1e-12)
+    mean = predict_mean(task, three.estimators, x, 11)[key]  # what fit_tree_fold and the blend predict
+    expected = np.exp(np.mean(np.log(each), axis=0)) if task == "size" else np.mean(each, axis=0)  # size: log mean
+    np.testing.assert_allclose(mean, expected, rtol=1e-12)
 
 
 def test_lgbm_huber_delta_sets_the_size_loss_only(fold_slice, descriptors):
     train, valid = fold_slice
     data = SimpleNamespace(train=train, valid=valid, train_weak=~is_solid(train).to_numpy())
-    fitted = {task: fit_selected(resolve("cpu", {"model": "lgbm", "task": task, "threads": 1, "lgbm_huber_delta": 0.05}),
-                                 data, descriptors, 11) for task in ("size", "shape")}
+    fitted = {task: fit_selected(resolve("cpu", {"model": "lgbm", "task": task, "threads": 1, "lgbm_seeds": 1,
+                                                 "lgbm_huber_delta": 0.05}), data, descriptors, 11)
+              for task in ("size", "shape")}
     size_model = fitted["size"].estimators[0].regressor_
     assert (size_model.objective, size_model.alpha) == ("huber", 0.05)
     assert fitted["size"].selection["params"]["objective"] == "huber"
     assert fitted["shape"].estimators[0].objective is None  # LightGBM's own multiclass loss
-    squared = fit_selected(resolve("cpu", {"model": "lgbm", "threads": 1}), data, descriptors, 11).estimators[0]
+    squared = fit_selected(resolve("cpu", {"model": "lgbm", "threads": 1, "lgbm_huber_delta": 0.0, "lgbm_seeds": 1}),
+                           data, descriptors, 11).estimators[0]
     x = fitted["size"].features.transform(valid)
     assert squared.regressor_.objective is None
     assert np.abs(fitted["size"].estimators[0].predict(x) - squared.predict(x)).mean() > 1e-3
