@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -61,12 +60,6 @@ def descriptor_mask(batch: Batch, rate: float, generator: torch.Generator) -> to
         mask = torch.zeros(n, slots, dtype=torch.bool)
         mask[torch.arange(n), scores.argmax(1)] = True
     return mask.to(batch.present.device) & batch.present
-
-
-@dataclass
-class History:
-    epochs: list[int]
-    train_loss: list[float]
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config, steps_per_epoch: int, epochs: int):
