@@ -31,6 +31,7 @@ class Config:
     use_weak: bool = True  # train on weak (Num < 300) rows
     use_large: bool = True  # train on solid rows with size > 20 nm (shape task; no size loss)
     use_failures: bool = True  # shape task: add the failed syntheses
+    failure_fraction: float = 1.0  # shape task: share of the failed syntheses drawn afresh for each epoch
 
     # inputs
     use_product: bool = True  # product token (upstream drops it for shape and leave-one-product-out)
@@ -91,6 +92,8 @@ class Config:
         if self.lgbm_seeds < 1 or self.lgbm_huber_delta < 0:
             raise ValueError(f"--lgbm_seeds must be >= 1 and --lgbm_huber_delta >= 0, got {self.lgbm_seeds} and "
                              f"{self.lgbm_huber_delta}")
+        if not 0 < self.failure_fraction <= 1:
+            raise ValueError(f"--failure_fraction must be in (0, 1], got {self.failure_fraction}")
         if self.correction_scale <= 0 or self.correction_shrink < 0:
             raise ValueError(f"--correction_scale must be > 0 and --correction_shrink >= 0, got "
                              f"{self.correction_scale} and {self.correction_shrink}")

@@ -11,7 +11,7 @@ import torch
 from nanocrystal.cli import config_from_args
 from nanocrystal.config import resolve
 from nanocrystal.encode import encode, fit_encoder
-from nanocrystal.engine import ensemble_predict, size_loss, train_member
+from nanocrystal.engine import ensemble_predict, epoch_order, size_loss, train_member
 from nanocrystal.runs import (RunError, fold_data, inner_fold, load_fold_models, make_model_factory,
                               run_experiment)
 from nanocrystal.splits import paper_folds
@@ -71,6 +71,21 @@ def test_loss_decreases(fold0_data, descriptors):
     snapshots, losses = train_member(make_model_factory(cfg, encoder, descriptors, 11), batch, cfg, seed=0)
     assert losses[-1] < 0.7 * losses[0]
     assert len(snapshots) == 1
+
+
+def test_an_epoch_takes_every_recipe_row_and_a_fresh_share_of_the_failures():
+    failed = torch.arange(4000) >= 1000  # 1,000 recipe rows, then 3,000 failures
+    full = epoch_order(failed, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(full, torch.randperm(4000, generator=torch.Generator().manual_seed(0)))  # as before the option
+    generator = torch.Generator().manual_seed(0)
+    first, second = epoch_order(failed, 0.2, generator), epoch_order(failed, 0.2, generator)
+    for order in (first, second):
+        assert len(set(order.tolist())) == len(order)  # no row twice
+        assert set(order[~failed[order]].tolist()) == set(range(1000))  # every recipe row, every epoch
+        assert 500 < int(failed[order].sum()) < 700  # about 0.2 x 3,000 failures
+    assert set(first[failed[first]].tolist()) != set(second[failed[second]].tolist())  # drawn afresh
+    with pytest.raises(ValueError, match="failure_fraction"):
+        resolve("tiny", {"failure_fraction": 0.0})
 
 
 @pytest.fixture(scope="module")

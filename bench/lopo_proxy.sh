@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Leave-one-product-out choices made without the four reported products: a copy of the recipe table without PbSe,
+# Ag2S, Ni and Cs2NaBiCl6 (failures and shapes list as they are), and leave-one-product-out over four other products
+# (default Au, Pd, PbS, InP: 107, 85, 77 and 66 recipes of <= 20 nm). Runs, one after the other, each model that
+# best_new.sh could use: the transformer of best_new.sh, the same with masked pretraining, LightGBM and extra trees
+# with and without the product descriptor. Then `python -m nanocrystal.task_tables lopo` of each, and the blend table
+# of bench/lopo_blend.py (transformer beside the trees at weight w). ~30 min on 2 cores.
+#
+#   bash bench/lopo_proxy.sh [--out runs/lopo-proxy] [--products Au Pd PbS InP]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+out=runs/lopo-proxy
+products=(Au Pd PbS InP)
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) out=$2; shift 2 ;;
+    --products) shift; products=(); while [ $# -gt 0 ] && [[ $1 != --* ]]; do products+=("$1"); shift; done ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$out/data"
+"$PY" - "$out/data" <<'EOF'
+import shutil, sys
+from pathlib import Path
+import pandas as pd
+from nanocrystal.recipes import FAILURES_FILE, RECIPES_FILE, SHAPES_FILE, PRODUCT_NAME
+target = Path(sys.argv[1])
+table = pd.read_csv(Path("data") / RECIPES_FILE)
+kept = table[~table[PRODUCT_NAME].isin(["PbSe", "Ag2S", "Ni", "Cs2NaBiCl6"])]
+kept.to_csv(target / (RECIPES_FILE + ".tmp"), index=False)
+(target / (RECIPES_FILE + ".tmp")).replace(target / RECIPES_FILE)
+for name in (FAILURES_FILE, SHAPES_FILE):
+    shutil.copyfile(Path("data") / name, target / name)
+print(f"{target}: {len(kept)} of {len(table)} recipes (the four reported products removed)")
+EOF
+common=(--task size --data_dir "$out/data" --object_name "${products[@]}")
+run() {  # name, then train.py arguments; a finished run is kept (its folder is never overwritten)
+  local name=$1; shift
+  [ -f "$out/$name/metrics.json" ] || "$PY" train.py "${common[@]}" "$@" --save_path "$out/$name"
+}
+run transformer --preset cpu --no-use_product --tree_blend 0 --no-series_correction
+run transformer-pretrain --preset cpu --no-use_product --tree_blend 0 --no-series_correction --pretrain_epochs 30
+for model in lgbm et; do
+  run "$model" --model "$model" --no-use_product
+  run "$model-product" --model "$model" --use_product
+done
+for name in transformer transformer-pretrain lgbm lgbm-product et et-product; do
+  echo "== $name"; "$PY" -m nanocrystal.task_tables lopo "$out/$name"
+done
+"$PY" bench/lopo_blend.py "$out"
