@@ -9,8 +9,8 @@ Then the accuracy of each tree variant, of tree averages, of the trees' average 
 of the recipe's series siblings (correction.py's siblings and distance), and of each transformer beside the trees at
 weight w. The held-out outer folds are never read. The tables of docs/shape_and_lopo.md (session 6) come from it:
 
-    python bench/shape_inner_cv.py --transformer 'base={}' 'ep80={"epochs": 80}'   # measured size given, ~14 min
-    python bench/shape_inner_cv.py --recipe_only --transformer none                 # trees only, recipe only, ~6 min
+    python bench/shape_inner_cv.py --transformer 'base={}' 'ep80={"epochs": 80}'   # measured size given, ~20 min
+    python bench/shape_inner_cv.py --recipe_only --transformer none                 # trees only, recipe only, ~8 min
 """
 from __future__ import annotations
 
