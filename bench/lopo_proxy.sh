@@ -4,7 +4,7 @@
 # (default Au, Pd, PbS, InP: 107, 85, 77 and 66 recipes of <= 20 nm). Runs, one after the other, each model that
 # best_new.sh could use: the transformer of best_new.sh, the same with masked pretraining, LightGBM and extra trees
 # with and without the product descriptor. Then `python -m nanocrystal.task_tables lopo` of each, and the blend table
-# of bench/lopo_blend.py (transformer beside the trees at weight w). ~30 min on 2 cores.
+# of bench/lopo_blend.py (transformer beside the trees at weight w). ~15 min on 2 cores.
 #
 #   bash bench/lopo_proxy.sh [--out runs/lopo-proxy] [--products Au Pd PbS InP]
 set -euo pipefail
