@@ -24,13 +24,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nanocrystal.baselines import featurizer, make_estimator, predict  # noqa: E402
 from nanocrystal.config import ROOT, Config, resolve  # noqa: E402
-from nanocrystal.correction import scaled_conditions  # noqa: E402
-from nanocrystal.descriptors import load_descriptors  # noqa: E402
+from nanocrystal.correction import scaled_conditions, siblings  # noqa: E402
+from nanocrystal.descriptors import DescriptorStore, load_descriptors  # noqa: E402
 from nanocrystal.recipes import load_dataset, series_keys  # noqa: E402
 from nanocrystal.runs import FoldData, fit_neural_fold  # noqa: E402
 
@@ -53,8 +52,8 @@ WEIGHTS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 PRIOR_GRID = [(scale, shrink, a) for scale in (0.25, 0.5, 1.0) for shrink in (0.0, 1.0) for a in (0.1, 0.3, 0.5)]
 
 
-def tree_probabilities(cfg: Config, part: FoldData, variants: list[str], n_shapes: int) -> dict[str, np.ndarray]:
-    store = load_descriptors(cfg.feats_path)
+def tree_probabilities(cfg: Config, store: DescriptorStore, part: FoldData, variants: list[str], n_shapes: int
+                       ) -> dict[str, np.ndarray]:
     fit = part.train[~part.train["failed"].to_numpy()]  # the blend's trees never see a failed synthesis
     features, out = {}, {}
     for name in variants:
@@ -70,17 +69,13 @@ def tree_probabilities(cfg: Config, part: FoldData, variants: list[str], n_shape
 
 
 def sibling_histogram(part: FoldData, n_shapes: int, scale: float) -> np.ndarray:
-    """Each scored row's weighted count of its series siblings' shapes in the fit rows (zeros: no sibling)."""
+    """Each scored row's weighted count of its series siblings' shapes in the fit rows (zeros: no sibling), weighted
+    as in the size task's series correction."""
     fit = part.train[~part.train["failed"].to_numpy()]
-    keys, conditions, shapes = series_keys(fit).to_numpy(object), scaled_conditions(fit), fit["Y3"].to_numpy(int)
-    siblings = pd.Series(np.arange(len(keys))).groupby(keys).apply(np.asarray).to_dict()
-    scored_conditions = scaled_conditions(part.valid)
+    shapes = fit["Y3"].to_numpy(int)
     histogram = np.zeros((len(part.valid), n_shapes))
-    for row, key in enumerate(series_keys(part.valid).to_numpy(object)):
-        found = siblings.get(key)
-        if found is not None:
-            weights = np.exp(-np.abs(conditions[found] - scored_conditions[row]).sum(axis=1) / scale)
-            np.add.at(histogram[row], shapes[found], weights)
+    for row, found, weights in siblings(series_keys(fit).to_numpy(object), scaled_conditions(fit), part.valid, scale):
+        np.add.at(histogram[row], shapes[found], weights)
     return histogram
 
 
@@ -114,10 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     dataset = load_dataset(cfg.data_dir)
     parts = list(inner_parts(cfg, dataset))
+    store = load_descriptors(cfg.feats_path)
     truth = [part.valid["Y3"].to_numpy(int) for _, _, part in parts]
     trees = []
     for outer, inner, part in parts:
-        trees.append(tree_probabilities(cfg, part, args.variants, dataset.n_shapes))
+        trees.append(tree_probabilities(cfg, store, part, args.variants, dataset.n_shapes))
         print(f"fold{outer} inner {inner}: trees done ({time.time() - start:.0f} s)", flush=True)
     y = np.concatenate(truth)
     everywhere = {name: np.concatenate([t[name] for t in trees]) for name in args.variants}

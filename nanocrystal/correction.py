@@ -14,6 +14,7 @@ rows of the paper split (docs/size_ablations.md, session 4).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,21 @@ CONDITION_UNITS = {"Temperature1": 20.0, "Temperature2": 20.0, "Speed": 5.0}
 def scaled_conditions(table: pd.DataFrame) -> np.ndarray:
     columns = [table[c].to_numpy(np.float64) / CONDITION_UNITS[c] for c in CONDITION_COLUMNS if c != "Time"]
     return np.column_stack([*columns, np.log1p(np.maximum(table["Time"].to_numpy(np.float64), 0.0))])
+
+
+def siblings(keys: np.ndarray, conditions: np.ndarray, table: pd.DataFrame, scale: float
+             ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """For each row of `table` whose series has candidates (`keys`: their series keys, `conditions`: their
+    `scaled_conditions`): (row, the candidates' positions, their weights exp(-d / scale)), d the L1 distance of the
+    scaled conditions."""
+    if not len(table) or not len(keys):
+        return
+    groups = pd.Series(np.arange(len(keys))).groupby(keys).apply(np.asarray).to_dict()
+    scaled = scaled_conditions(table)
+    for row, key in enumerate(series_keys(table).to_numpy(object)):
+        found = groups.get(key)
+        if found is not None:
+            yield row, found, np.exp(-np.abs(conditions[found] - scaled[row]).sum(axis=1) / scale)
 
 
 @dataclass(frozen=True)
@@ -51,15 +67,7 @@ class SeriesCorrection:
     def factors(self, table: pd.DataFrame) -> np.ndarray:
         """The multiplicative correction of each row of `table` (1 for a recipe without training siblings)."""
         out = np.ones(len(table))
-        if not len(table) or not len(self.keys):
-            return out
-        siblings = pd.Series(np.arange(len(self.keys))).groupby(self.keys).apply(np.asarray).to_dict()
-        conditions = scaled_conditions(table)
-        for row, key in enumerate(series_keys(table).to_numpy(object)):
-            found = siblings.get(key)
-            if found is None:
-                continue
-            weights = np.exp(-np.abs(self.conditions[found] - conditions[row]).sum(axis=1) / self.scale)
+        for row, found, weights in siblings(self.keys, self.conditions, table, self.scale):
             total = weights.sum() + self.shrink
             if total > 0:  # all siblings so far that their weights underflow, and no shrink: no correction
                 out[row] = np.exp((weights * self.log_residuals[found]).sum() / total)
