@@ -156,25 +156,28 @@ def make_model_factory(cfg: Config, encoder: Encoder, store: DescriptorStore, n_
                                encoder.size_center, encoder.size_scale)
 
 
-def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shapes: int, logger):
+def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shapes: int, logger, fold_name: str = ""):
     encoder = fit_encoder(data.train, store, cfg.amount_scaling, cfg.use_product, cfg.size_as_input)
     train_batch = encode(data.train, encoder, data.train_weak)
     valid_batch = encode(data.valid, encoder)
     factory = make_model_factory(cfg, encoder, store, n_shapes)
-    members = []
+    members, curve = [], []
     for member in range(cfg.n_members):
         on_epoch = None
         if cfg.eval_every:  # upstream-style curve on the held-out rows: logged, labelled, never used to choose
             def on_epoch(epoch, model, member=member):
                 if epoch % cfg.eval_every == 0:
                     scores = score(cfg, data.valid, ensemble_predict([model], valid_batch), n_shapes)
-                    logger.info(f"val-selected curve (not the result) member {member} epoch {epoch}: "
+                    curve.append({"member": member, "epoch": epoch, **{k: scores[k] for k in primary_metrics(cfg)}})
+                    logger.info(f"{fold_name} val-selected curve (not the result) member {member} epoch {epoch}: "
                                 + ", ".join(f"{k} {scores[k]:.4f}" for k in primary_metrics(cfg)))
         snapshots, _ = train_member(factory, train_batch, cfg, seed=cfg.seed * 1000 + member, on_epoch=on_epoch)
         members.extend(snapshots)
     prediction = ensemble_predict(members, valid_batch)
     # the held-out figure after each stage of the prediction, so a run shows what the trees and the correction add
     stages = {cfg.model: stage_scores(cfg, data.valid, prediction, n_shapes)}
+    if curve:
+        prediction["val_curve"] = curve
     checkpoint = {
         "config": json.loads(cfg.to_json()),
         "encoder": encoder.to_dict(),
@@ -318,7 +321,7 @@ def run_fold(cfg: Config, run_dir: Path, outer: Fold) -> None:
     logger.info(f"{fold.name}: {len(data.train)} training rows ({int((data.train_weak & ~failed).sum())} weak, "
                 f"{int(failed.sum())} failed syntheses), {len(data.valid)} validation rows")
     if cfg.model in NEURAL_MODELS:
-        prediction, checkpoint = fit_neural_fold(cfg, data, store, dataset.n_shapes, logger)
+        prediction, checkpoint = fit_neural_fold(cfg, data, store, dataset.n_shapes, logger, fold.name)
         write_atomic(run_dir / f"{outer.name}.pt", lambda temp: torch.save(checkpoint, temp))
     else:
         from .baselines import fit_tree_fold
@@ -331,6 +334,8 @@ def run_fold(cfg: Config, run_dir: Path, outer: Fold) -> None:
               "predictions": predictions.to_dict(orient="list")}
     if "selection" in prediction:  # tree baselines: the chosen parameters and every candidate's inner score
         record["selection"] = prediction["selection"]
+    if "val_curve" in prediction:  # --eval_every: the held-out curve, for the labelled upstream-style figure only
+        record["val_curve"] = prediction["val_curve"]
     if "stages" in prediction:
         record["stages"] = prediction["stages"]
         logger.info(f"{fold.name} by stage: " + "; ".join(
@@ -386,6 +391,18 @@ def selection_note(cfg: Config) -> str:
     return "hyper-parameters by inner cross-validation on the fold's training rows"
 
 
+def val_selected(records: list[dict], names: tuple[str, ...]) -> dict:
+    """Upstream's figure: per fold, the curve point (member, epoch) with the best first metric on the fold's own
+    held-out rows (max accuracy, min MAE), its metrics averaged over folds. Selection on the test rows: a label for
+    comparison with the paper, never the result."""
+    first = names[0]
+    sign = -1.0 if first == "accuracy" else 1.0
+    best = [min(r["val_curve"], key=lambda point: sign * point[first]) for r in records]
+    return {"note": "upstream style: best curve point of each fold chosen on its own held-out rows; not the result",
+            "per_fold": [{"fold": r["fold"], **point} for r, point in zip(records, best)],
+            "mean": mean_metrics(best, names)}
+
+
 def finish_run(cfg: Config, run_dir: Path, folds: list[Fold], logger, command: str, wall_s: float) -> dict:
     records = [json.loads((run_dir / f"{f.name}.json").read_text()) for f in folds]
     names = primary_metrics(cfg)
@@ -403,11 +420,16 @@ def finish_run(cfg: Config, run_dir: Path, folds: list[Fold], logger, command: s
     if all("stages" in r for r in records):  # neural runs: the mean held-out figure after each stage
         metrics["stages"] = {stage: mean_metrics([r["stages"][stage] for r in records], names)
                              for stage in records[0]["stages"]}
+    if all("val_curve" in r for r in records):
+        metrics["val_selected"] = val_selected(records, names)
     if cfg.task == "shape":
         metrics["confusion"] = np.sum([r["metrics"]["confusion"] for r in records], axis=0).tolist()
     oof = pd.concat([pd.DataFrame(r["predictions"]) for r in records], ignore_index=True)
     write_atomic(run_dir / "oof_predictions.csv", lambda temp: oof.to_csv(temp, index=False))
     write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    if "val_selected" in metrics:  # before upstream's lines, which end the log and are the result
+        logger.info("val-selected, upstream style (each fold's best curve point on its own held-out rows; not the "
+                    "result): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics["val_selected"]["mean"].items()))
     for name in names:
         logger.info(f"- eval - {name}: {metrics['mean'][name]:.4f}")
     return metrics

@@ -171,3 +171,29 @@ def test_older_blend_name_still_configures_the_tree_blend(tmp_path):
 def test_an_unknown_blend_model_stops_before_training():
     with pytest.raises(ValueError, match="--blend_models: hgb cannot be blended; choose from lgbm, et, rf"):
         config_from_args(["--blend_models", "lgbm", "hgb"])
+
+
+def test_eval_every_records_the_upstream_style_figure_apart_from_the_result(tmp_path):
+    run_dir = tmp_path / "curve"
+    cfg = resolve("tiny", {"task": "size", "folds": [0, 1], "epochs": 3, "eval_every": 1, "threads": 1,
+                           "save_path": str(run_dir)})
+    run_experiment(cfg)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    chosen = metrics["val_selected"]["per_fold"]
+    assert [c["fold"] for c in chosen] == ["fold0", "fold1"]
+    for fold, point in zip(["fold0", "fold1"], chosen):
+        record = json.loads((run_dir / f"{fold}.json").read_text())
+        curve = record["val_curve"]
+        assert [(p["member"], p["epoch"]) for p in curve] == [(0, 1), (0, 2), (0, 3)]
+        assert point["mae"] == min(p["mae"] for p in curve)  # chosen on the held-out rows: upstream's way
+        # the last curve point is the final transformer alone, the stage the run's result starts from
+        assert curve[-1]["mae"] == pytest.approx(record["stages"]["transformer"]["mae"], rel=1e-5)
+    assert metrics["val_selected"]["mean"]["mae"] == pytest.approx(np.mean([c["mae"] for c in chosen]))
+    assert metrics["mean"]["mae"] == pytest.approx(np.mean([f["mae"] for f in metrics["per_fold"]]))
+    lines = (run_dir / "log.txt").read_text().strip().splitlines()
+    # the labelled figure comes just before upstream's `- eval -` lines, which end the log and carry the result
+    assert ["- eval - " in line for line in lines[-6:]] == [False] + [True] * 5
+    assert lines[-6].split("[INFO]: ")[1].startswith("val-selected, upstream style")
+    assert f"mae {metrics['val_selected']['mean']['mae']:.4f}" in lines[-6]
+    assert float(lines[-5].rsplit(" ", 1)[1]) == pytest.approx(metrics["mean"]["mae"], abs=1e-4)
+    assert sum("fold0 val-selected curve (not the result)" in line for line in lines) == 3
