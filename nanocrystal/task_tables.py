@@ -1,6 +1,7 @@
 """What scripts/best_cls.sh and scripts/best_new.sh print: run folders beside the paper's figures.
 
-    python -m nanocrystal.task_tables shape RUN...   # shape runs side by side (nanocrystal.report's shape table)
+    python -m nanocrystal.task_tables shape RUN...   # shape runs side by side (nanocrystal.report's shape table),
+                                                     # then each run's labelled val-selected figure (--eval_every)
     python -m nanocrystal.task_tables lopo RUN       # a leave-one-product-out size run, one row per product
 """
 from __future__ import annotations
@@ -29,6 +30,12 @@ def lopo_table(run: Run) -> pd.DataFrame:
     return table
 
 
+def val_selected_line(run: Run) -> str:
+    values = ", ".join(f"{k} {v:.4f}" for k, v in run.metrics["val_selected"]["mean"].items())
+    return (f"{run.path}: val-selected, upstream style (the transformer alone, each fold's best checkpoint chosen on "
+            f"its own held-out rows, as the paper's 0.893; not the result): {values}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nanocrystal.task_tables", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         runs = [load_run(path) for path in args.runs]
         if args.table == "shape":
             print(shape_table(runs))
+            for run in runs:
+                if "val_selected" in run.metrics:  # --eval_every: upstream's kind of figure, beside the paper's
+                    print(val_selected_line(run))
         else:
             for run in runs:
                 print(lopo_table(run).to_string(float_format=lambda x: f"{x:.4f}", na_rep="-"))

@@ -113,7 +113,7 @@ def test_shape_metrics_match_scikit_learn_on_a_fixed_example():
 def tiny_shape_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "shape"
     cfg = config_from_args(["--task", "shape", "--preset", "tiny", "--folds", "0", "--epochs", "1", "--threads", "1",
-                            "--no-use_product", "--save_path", str(run_dir)])
+                            "--no-use_product", "--eval_every", "1", "--save_path", str(run_dir)])
     run_experiment(cfg, command="test")
     return run_dir
 
@@ -140,8 +140,13 @@ def test_a_shape_run_writes_metrics_confusion_probabilities_and_upstream_log_lin
 def test_best_cls_prints_the_shape_run_beside_the_paper(tiny_shape_run, capsys):
     assert main(["shape", str(tiny_shape_run)]) == 0
     metrics = json.loads((tiny_shape_run / "metrics.json").read_text())
-    row = next(line for line in capsys.readouterr().out.splitlines() if "recipe only" in line)
+    out = capsys.readouterr().out.splitlines()
+    row = next(line for line in out if "recipe only" in line)
     assert f"| {metrics['mean']['accuracy']:.4f} | {metrics['mean']['f1']:.4f} |" in row
+    # --eval_every: upstream's kind of figure on its own line, labelled, from metrics.json's val_selected
+    labelled = [line for line in out if "val-selected" in line]
+    assert len(labelled) == 1 and "not the result" in labelled[0]
+    assert f"accuracy {metrics['val_selected']['mean']['accuracy']:.4f}" in labelled[0]
     assert main(["lopo", str(tiny_shape_run)]) == 2  # a paper-split shape run has no per-product table
     assert "not a leave-one-product-out size run" in capsys.readouterr().err
 
