@@ -12,7 +12,7 @@
 # transformer's held-out curve every 5 epochs (--eval_every 5; it chooses nothing and leaves the result unchanged) and
 # prints, labelled, upstream's kind of figure: each fold's best checkpoint chosen on the fold itself, as the 0.893.
 #
-# Time: measured 16.1 min for both runs on the 2-core machine (fresh clone, set-up included; 7.1 + 7.0 min of
+# Time: measured 15.5 min for both runs on the 2-core machine (fresh clone at fd291e1, set-up included; 7.0 + 6.4 min of
 # training): 40 epochs x 1 member per fold, 5 folds on 2 workers. Accuracy: docs/shape_and_lopo.md.
 #
 # Extra arguments go to both runs (e.g. --split grouped, --use_product, --epochs 60). --save_path P names the two
