@@ -2,10 +2,11 @@
 
 `train.py --model lgbm` refuses augmented rows (its paper-split inner CV could not keep a row and its copies apart);
 under leave-one-product-out that is no obstacle, since a generated row keeps its source's product. This bench fits
-best_new.sh's model (LightGBM with the product descriptor: log size, Huber 0.05, the cpu preset's 3 seeds, weak rows
-at weight 0.3, the weight its inner CV picks most often) on each held-out product's training rows, with the fold's
-augmented rows added at each weight w (0 = none); the featurizer's PCAs see the recipe rows only. Use it on products
-other than the four reported ones, e.g. on bench/lopo_proxy.sh's table (docs/shape_and_lopo.md, session 7):
+best_new.sh's model (LightGBM with the product descriptor: log size, Huber 0.05, the cpu preset's 3 seeds; weak rows
+at a fixed weight 0.3, where its inner CV picked 0.3 or 1 on the eight proxy products of bench/lopo_proxy.sh, four
+times each) on each held-out product's training rows, with the fold's augmented rows added at each weight w
+(0 = none); the featurizer's PCAs see the recipe rows only. Use it on products other than the four reported ones,
+e.g. on bench/lopo_proxy.sh's table (docs/shape_and_lopo.md, session 7):
 
     python augment.py --data_dir runs/lopo-proxy/data --object_name Au Pd PbS InP --out runs/aug-proxy
     python bench/lopo_augmented_trees.py --data_dir runs/lopo-proxy/data --augmented runs/aug-proxy Au Pd PbS InP
