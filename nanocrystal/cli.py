@@ -59,7 +59,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         reference = read_table(args.reference, len(shapes)) if args.reference else None
         result = convert_file(args.xlsx, shapes, labels=not args.no_labels)
         save(result, args.out, args.report, args.force)
-    except (RecipeError, FileExistsError) as error:
+    except (RecipeError, OSError) as error:  # OSError: an output path that cannot be written
         print(str(error), file=sys.stderr)
         return 2
     table = result.table
@@ -88,7 +88,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         table = predict_recipes(predictor, read_recipes(args.recipes, predictor.shapes), args.allow_unknown)
         if args.out:
             save_table(table, args.out, args.force)
-    except (RecipeError, PredictError, DescriptorError, FileExistsError) as error:
+    except (RecipeError, PredictError, DescriptorError, OSError) as error:
         print(str(error), file=sys.stderr)
         return 2
     print(summary(table))
@@ -118,7 +118,7 @@ def cmd_design(args: argparse.Namespace) -> int:
                         args.trials, args.seed)
         if args.out:
             save_table(result.table, args.out, args.force)
-    except (RecipeError, DesignError, PredictError, DescriptorError, FileExistsError) as error:
+    except (RecipeError, DesignError, PredictError, DescriptorError, OSError) as error:
         print(str(error), file=sys.stderr)
         return 2
     for warning in result.warnings:
@@ -187,7 +187,7 @@ def train_main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         cfg = config_from_args(argv)
-    except ValueError as error:  # a bad value in the flags or the --config file
+    except (ValueError, OSError) as error:  # a bad value in the flags, or a bad or missing --config file
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:

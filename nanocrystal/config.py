@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
+TASKS = ("size", "shape")
+SPLITS = ("paper", "grouped")
 BLEND_MODELS = ("lgbm", "et", "rf")  # tree models whose fitted form saves as text or tensors (baselines.fit_blend)
 
 
@@ -85,6 +87,9 @@ class Config:
 
     def __post_init__(self):
         # checked before any training: a bad name would otherwise stop the run after the first fold's transformer
+        for flag, value, known in (("--task", self.task, TASKS), ("--split", self.split, SPLITS)):
+            if value not in known:
+                raise ValueError(f"{flag} {value!r}: choose from {', '.join(known)}")
         unknown = [m for m in self.blend_models if m not in BLEND_MODELS]
         if unknown:
             raise ValueError(f"--blend_models: {', '.join(unknown)} cannot be blended; choose from "

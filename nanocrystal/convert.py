@@ -27,6 +27,7 @@ For recipes to predict (`labels=False`) the label columns may be absent or empty
 from __future__ import annotations
 
 import os
+import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,8 +127,14 @@ class _Problems:
 def _check_headers(sheet: pd.DataFrame, source: str, labels: bool) -> None:
     needed = RECIPE_HEADERS + (LABEL_HEADERS if labels else ())
     missing = [h for h in needed if h not in sheet.columns]
-    if missing:
-        raise RecipeError([f"{source}:1:{h}: missing required column" for h in missing])
+    # an 11th reagent pair would be dropped without a word: the model layout reads slots A..J only
+    unread = [h for h in sheet.columns if str(h).startswith(("additive amount/mmol", "reactants"))
+              and h not in AMOUNT_HEADERS + REAGENT_HEADERS]
+    problems = [f"{source}:1:{h}: missing required column" for h in missing]
+    problems += [f"{source}:1:{h}: at most {SHEET_SLOTS} reagents per recipe are read; merge or remove this column"
+                 for h in unread]
+    if problems:
+        raise RecipeError(problems)
 
 
 def convert_frame(sheet: pd.DataFrame, source: str, shapes: list[str],
@@ -199,7 +206,7 @@ def read_sheet(path: str | Path) -> pd.DataFrame:
         raise RecipeError([f"{path}:-:-: no such file"])
     try:
         return pd.read_excel(path, sheet_name=0, dtype=object)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, zipfile.BadZipFile) as error:
         raise RecipeError([f"{path}:-:-: not a readable xlsx ({error})"]) from error
 
 
@@ -221,11 +228,24 @@ def save(result: Conversion, out: str | Path, report: str | Path | None, force: 
     targets = [(result.table[list(REQUIRED_COLUMNS)], Path(out))]
     if report:
         targets.append((result.drops, Path(report)))
+    for _, path in targets:  # all checked before anything is written
+        check_target(path)
     existing = [str(path) for _, path in targets if path.exists()]
     if existing and not force:
         raise FileExistsError(f"{', '.join(existing)}: exists; pass --force to replace it")
     for frame, path in targets:
         write_csv_atomic(frame, path)
+
+
+def check_target(path: Path) -> None:
+    """An output file name whose folder exists or can be made (OSError with a plain message otherwise)."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{path}: {parent} is a file, not a folder")
+            break
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:

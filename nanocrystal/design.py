@@ -6,7 +6,8 @@ one call per model. A candidate's loss (lower is better), in nm-equivalents:
 
     |size_nm - target|
     + SHAPE_WEIGHT * (1 - p(target shape)) + FAILED_WEIGHT * p_failed      (only with a target shape)
-    + OUT_OF_DOMAIN_NM + DOMAIN_WEIGHT * (domain_distance - 1)            (only when out of domain)
+    + OUT_OF_DOMAIN_NM + DOMAIN_WEIGHT * max(domain_distance - 1, 0)     (only when out of domain: too far from
+                                                                          the training recipes, or outside their range)
 
 Values are rounded to what a chemist sets (temperatures to 1 °C, time, heating rate and amounts to 3 significant
 digits) and then clipped into the range, so every candidate predicted is inside the ranges and is exactly the recipe
@@ -77,6 +78,10 @@ def parse_vary(specs: list[str], template: pd.Series) -> list[Range]:
                 problems.append(f"--vary {spec!r}: {name!r} is neither a condition ({', '.join(CONDITION_COLUMNS)}) "
                                 f"nor a substance of the template")
                 continue
+            if len(slots) > 1:  # varying one slot would leave the others' amount beside it
+                problems.append(f"--vary {spec!r}: the template names {name!r} in {len(slots)} slots; merge them "
+                                "into one first")
+                continue
             column = slots[0]
         minimum = ABSOLUTE_ZERO_C if column in TEMPERATURE_COLUMNS else 0.0
         if not (math.isfinite(low) and math.isfinite(high) and minimum <= low < high):
@@ -127,8 +132,10 @@ def loss(prediction: pd.DataFrame, target_size: float, target_shape: str | None)
     if target_shape is not None:
         value = value + SHAPE_WEIGHT * (1 - prediction[shape_column(target_shape)].to_numpy())
         value = value + FAILED_WEIGHT * prediction["p_failed"].to_numpy()
-    excess = prediction["domain_distance"].to_numpy() - 1.0
-    return value + np.where(excess > 0, OUT_OF_DOMAIN_NM + DOMAIN_WEIGHT * excess, 0.0)
+    # out of domain: too far from the training recipes, or a value outside their range (predict's in_domain)
+    excess = np.maximum(prediction["domain_distance"].to_numpy() - 1.0, 0.0)
+    outside = ~prediction["in_domain"].to_numpy(bool)
+    return value + np.where(outside, OUT_OF_DOMAIN_NM + DOMAIN_WEIGHT * excess, 0.0)
 
 
 def unit_coordinates(table: pd.DataFrame, ranges: list[Range]) -> np.ndarray:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -79,9 +78,7 @@ def fetch_file(item: RemoteFile, root: Path, mirror: Path | None) -> str:
     if target.is_file() and sha256_of(target) == item.sha256:
         return "present"
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=".fetch-", suffix=".part")
-    os.close(handle)
-    temp = Path(temp_name)
+    temp = target.with_name(f".{target.name}.{os.getpid()}.part")  # created by the copy: the usual file mode
     try:
         _copy_into(temp, item, mirror)
         got = sha256_of(temp)

@@ -19,8 +19,6 @@ recipe is also out of domain when a condition or an amount lies beyond every tra
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,14 +29,15 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from .config import Config
-from .convert import convert_file, write_csv_atomic
+from .convert import check_target, convert_file, write_csv_atomic
 from .correction import SeriesCorrection
 from .descriptors import load_descriptors
 from .encode import Encoder, encode, unknown_substances
 from .engine import predict as model_predict
 from .recipes import (AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, LABEL_COLUMNS, NAME_COLUMNS, PRODUCT_NAME,
-                      SHAPES_FILE, UNKNOWN, RecipeError, load_dataset, load_shapes, read_table)
-from .runs import NEURAL_MODELS, blend, load_fold_models
+                      SHAPES_FILE, UNKNOWN, RecipeError, load_dataset, load_shapes, read_csv_raw,
+                      read_frame)
+from .runs import NEURAL_MODELS, blend, load_fold_models, write_atomic
 from .splits import combined_table, make_folds, task_rows
 
 if TYPE_CHECKING:  # LightGBM is imported only when a run has a blend (runs.load_fold_models)
@@ -81,7 +80,7 @@ def prepare_raw(raw: pd.DataFrame) -> pd.DataFrame:
         if amount not in frame.columns and name not in frame.columns:
             frame[amount], frame[name] = "0", EMPTY_NAME
     if "ID" not in frame.columns:
-        frame.insert(0, "ID", (np.arange(len(frame)) + 2).astype(str))
+        frame.insert(0, "ID", (frame.index.to_numpy() + 2).astype(str))
     return frame
 
 
@@ -93,11 +92,14 @@ def read_recipes(path: str | Path, shapes: list[str]) -> Recipes:
         if len(result.drops):
             raise RecipeError([f"{path}:{r.row}:{r.column}: {r.reason} ({r.value!r})"
                                for r in result.drops.itertuples()])
+        if result.table.empty:
+            raise RecipeError([f"{path}:-:-: no recipes"])
         return Recipes(result.table, result.table["ID"].to_numpy(), str(path))
-    table = read_table(path, len(shapes), prepare_raw)
+    raw = read_csv_raw(path)
+    table = read_frame(raw, str(path), len(shapes), prepare_raw)
     if table.empty:
         raise RecipeError([f"{path}:-:-: no recipes"])
-    return Recipes(table, np.arange(len(table)) + 2, str(path))
+    return Recipes(table, raw.index.to_numpy() + 2, str(path))
 
 
 # ---- runs ------------------------------------------------------------------------------------------------------------
@@ -197,16 +199,13 @@ def load_cache(path: Path, fingerprint: str) -> dict[str, np.ndarray] | None:
 
 def save_cache(path: Path, fingerprint: str, arrays: dict[str, np.ndarray]) -> None:
     """Atomic write; a read-only run folder just means recomputing next time."""
+    def write(temp: Path) -> None:
+        with open(temp, "wb") as out:  # a file object: np.savez would add .npz to a name
+            np.savez(out, fingerprint=np.array(fingerprint), **arrays)
     try:
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        write_atomic(path, write)
     except OSError:
         return
-    try:
-        with os.fdopen(handle, "wb") as out:
-            np.savez(out, fingerprint=np.array(fingerprint), **arrays)
-        os.replace(temp, path)
-    finally:
-        Path(temp).unlink(missing_ok=True)
 
 
 def reference_arrays(run_dir: Path, cfg: Config, loaded: dict) -> dict[str, np.ndarray]:
@@ -382,6 +381,7 @@ def check_known(predictor: Predictor, recipes: Recipes) -> None:
 def save_table(frame: pd.DataFrame, path: str | Path, force: bool = False) -> None:
     """Atomic CSV write; an existing file is replaced only if forced."""
     path = Path(path)
+    check_target(path)
     if path.exists() and not force:
         raise FileExistsError(f"{path}: exists; pass --force to replace it")
     write_csv_atomic(frame, path)

@@ -50,13 +50,11 @@ def load_shapes(path: str | Path) -> list[str]:
     return names
 
 
-def _line(index: int) -> int:
-    return index + 2  # header is line 1
-
-
 def validate_frame(raw: pd.DataFrame, source: str, n_shapes: int) -> tuple[pd.DataFrame, list[str]]:
-    """Check a table read as strings; return the typed table and every problem found."""
+    """Check a table read as strings; return the typed table and every problem found. The index of `raw` is the file
+    line minus 2 (the header is line 1; see read_csv_raw)."""
     problems: list[str] = []
+    lines = raw.index.to_numpy() + 2
     missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
     extra = [c for c in raw.columns if c not in REQUIRED_COLUMNS and c not in OPTIONAL_COLUMNS]
     problems += [f"{source}:1:{c}: missing required column" for c in missing]
@@ -69,12 +67,13 @@ def validate_frame(raw: pd.DataFrame, source: str, n_shapes: int) -> tuple[pd.Da
             typed[column] = np.nan
             continue
         text = raw[column].astype(str).str.strip()
-        values = pd.to_numeric(text, errors="coerce")
-        for index in np.flatnonzero(values.isna().to_numpy()):
+        values = pd.to_numeric(text, errors="coerce").astype(float)
+        for index in np.flatnonzero(~np.isfinite(values.to_numpy())):
             cell = text.iloc[index]
-            what = "missing value (NaN)" if cell.lower() in ("", "nan", "none", "null") else f"non-numeric value {cell!r}"
-            problems.append(f"{source}:{_line(index)}:{column}: {what}")
-        typed[column] = values.astype(float)
+            what = ("missing value (NaN)" if cell.lower() in ("", "nan", "none", "null") else
+                    f"non-numeric value {cell!r}" if np.isnan(values.iloc[index]) else f"non-finite value {cell!r}")
+            problems.append(f"{source}:{lines[index]}:{column}: {what}")
+        typed[column] = values.where(np.isfinite(values))  # inf is reported above, never checked or used
     for column in (PRODUCT_NAME, *NAME_COLUMNS):
         typed[column] = raw[column].fillna("").astype(str).str.strip() if column in raw.columns else ""
     for column in OPTIONAL_COLUMNS:
@@ -84,7 +83,7 @@ def validate_frame(raw: pd.DataFrame, source: str, n_shapes: int) -> tuple[pd.Da
     def flag(mask: pd.Series, column: str, message) -> None:
         for index in np.flatnonzero(mask.fillna(False).to_numpy()):
             text = message(typed[column].iloc[index]) if callable(message) else message
-            problems.append(f"{source}:{_line(index)}:{column}: {text}")
+            problems.append(f"{source}:{lines[index]}:{column}: {text}")
 
     for column in (*AMOUNT_COLUMNS, PRODUCT_AMOUNT):
         flag(typed[column] < 0, column, lambda v: f"negative amount {v:g}")
@@ -99,6 +98,8 @@ def validate_frame(raw: pd.DataFrame, source: str, n_shapes: int) -> tuple[pd.Da
                    f"{UNKNOWN} = unknown)")
     size = typed["Y1"]
     flag((size <= 0) & (size != UNKNOWN), "Y1", lambda v: f"size {v:g} must be positive or {UNKNOWN} (unknown)")
+    for column in ("ID", "Num"):  # integers in the model layout
+        flag(typed[column] != typed[column].round(), column, lambda v: f"{v:g} is not a whole number")
     flag(typed["ID"].notna() & typed["ID"].duplicated(keep="first"), "ID", lambda v: f"duplicate ID {v:g}")
     for amount_col, name_col in zip(AMOUNT_COLUMNS, NAME_COLUMNS):
         empty = typed[name_col].isin(["", EMPTY_NAME])
@@ -107,18 +108,32 @@ def validate_frame(raw: pd.DataFrame, source: str, n_shapes: int) -> tuple[pd.Da
     return typed, problems
 
 
-def read_table(path: str | Path, n_shapes: int,
-               prepare: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> pd.DataFrame:
-    """Read and validate one recipe CSV (model layout; columns in any order). Raises RecipeError listing every problem.
-    `prepare` may complete the raw string table first (recipes to predict: nanocrystal.predict.prepare_raw)."""
+def read_csv_raw(path: str | Path) -> pd.DataFrame:
+    """A CSV as strings, blank lines dropped; the index is the file line minus 2, for messages."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError([f"{path}:-:-: no such file"])
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except pd.errors.EmptyDataError as error:
+        raise RecipeError([f"{path}:-:-: empty file"]) from error
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         raise RecipeError([f"{path}:-:-: not a readable CSV ({error})"]) from error
-    typed, problems = validate_frame(raw if prepare is None else prepare(raw), str(path), n_shapes)
+    if not isinstance(raw.index, pd.RangeIndex):  # pandas took the first column as the index
+        raise RecipeError([f"{path}:2:-: every row has one field more than the header (a trailing comma?)"])
+    return raw[(raw != "").any(axis=1)]
+
+
+def read_table(path: str | Path, n_shapes: int,
+               prepare: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> pd.DataFrame:
+    """Read and validate one recipe CSV (model layout; columns in any order). Raises RecipeError listing every problem.
+    `prepare` may complete the raw string table first (recipes to predict: nanocrystal.predict.prepare_raw)."""
+    return read_frame(read_csv_raw(path), str(path), n_shapes, prepare)
+
+
+def read_frame(raw: pd.DataFrame, source: str, n_shapes: int,
+               prepare: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> pd.DataFrame:
+    typed, problems = validate_frame(raw if prepare is None else prepare(raw), source, n_shapes)
     if problems:
         raise RecipeError(problems)
     return finish(typed, n_shapes)

@@ -93,6 +93,17 @@ def load_run(path: str | Path) -> Run:
     return Run(path, metrics, config)
 
 
+def not_a_result(run: Run) -> str:
+    """Why a finished run folder is no result to table beside the paper ('' if it is one): a tuning run scored on
+    inner validation rows, or a --folds run that scored only some of the split's folds."""
+    if run.metrics.get("scored_on", "held-out") != "held-out":
+        return f"scored on {run.metrics['scored_on']} validation rows (a tuning run)"
+    expected = run.config.get("n_folds", 5)
+    if run.metrics["split"] != "lopo" and len(run.metrics["per_fold"]) < expected:  # a product is its own result
+        return f"{len(run.metrics['per_fold'])} of {expected} folds scored"
+    return ""
+
+
 # ---- tables ----------------------------------------------------------------------------------------------------------
 
 def _number(value: Optional[float], digits: int = 4) -> str:
@@ -379,9 +390,15 @@ def report(run_dirs: list[str], out: Path, assets: Path, shapes_path: Path, pape
     finished = [d for d in run_dirs if (Path(d) / "metrics.json").is_file()]
     for unfinished in sorted(set(run_dirs) - set(finished)):
         print(f"warning: {unfinished}: no metrics.json (unfinished run?), left out of the report", file=sys.stderr)
-    runs = [load_run(d) for d in finished]
+    runs = []
+    for run in map(load_run, finished):
+        reason = not_a_result(run)
+        if reason:
+            print(f"warning: {run.path}: {reason}, left out of the report", file=sys.stderr)
+        else:
+            runs.append(run)
     if not runs:
-        raise ReportError("none of the run folders holds a metrics.json")
+        raise ReportError("none of the run folders holds a finished result (metrics.json of every fold, held out)")
     shapes = [s.strip() for s in shapes_path.read_text().splitlines() if s.strip()] if shapes_path.is_file() \
         else [str(k) for k in range(11)]
     source = embedding_run(runs)

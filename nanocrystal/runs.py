@@ -11,7 +11,6 @@ import logging
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from .encode import Encoder, descriptor_matrix, encode, fit_encoder, unknown_sub
 from .engine import ensemble_predict, train_member
 from .metrics import SHAPE_METRICS, SIZE_METRICS, mean_metrics, shape_metrics, size_metrics
 from .model import MODELS
-from .recipes import is_solid, load_dataset, series_keys
+from .recipes import PRODUCT_NAME, is_solid, load_dataset, series_keys
 from .splits import Fold, combined_table, make_folds, task_rows
 
 if TYPE_CHECKING:  # baselines (LightGBM, scikit-learn) is imported only when a run uses it
@@ -47,8 +46,8 @@ class RunError(RuntimeError):
 
 def write_atomic(path: Path, write) -> None:
     """Write through a temp file in the same folder, then rename: a reader never sees half a file."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(handle)
+    # `write` creates the temp file itself, so it gets the usual mode (mkstemp's would be owner-only)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         write(temp)
         os.replace(temp, path)
@@ -75,6 +74,8 @@ def results_config(cfg: Config) -> dict:
 
 def open_run_dir(cfg: Config) -> Path:
     """A new folder, or with --resume the same folder of the same config. Never overwrites another run."""
+    if cfg.resume and not cfg.save_path:  # the default folder name is new each time: nothing would be resumed
+        raise RunError("--resume needs --save_path (the folder of the run to finish)")
     run_dir = Path(cfg.save_path) if cfg.save_path else default_run_dir(cfg)
     config_path = run_dir / "config.json"
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -111,13 +112,15 @@ class FoldData:
 
 
 def inner_fold(table: pd.DataFrame, fold: Fold, cfg: Config) -> Fold:
-    """For tuning: hold out `inner_val_frac` of the fold's training evaluation-pool rows (by series for the grouped split);
-    the outer validation rows stay out entirely."""
+    """For tuning: hold out `inner_val_frac` of the fold's training rows like its validation rows, as the outer split
+    does: whole recipe series for the grouped split, whole products (every sized row of them) for
+    leave-one-product-out, rows of the evaluation pool otherwise. The outer validation rows stay out entirely."""
     rng = np.random.default_rng(cfg.seed + 1000 * fold.index)
     train = table.iloc[fold.train]
-    candidates = fold.train[(is_solid(train) & (train["Y1"] > 0) & (train["Y1"] <= 20) & ~train["failed"]).to_numpy()]
-    if cfg.split == "grouped" and not cfg.object_name:
-        keys = series_keys(table).to_numpy()
+    sized = ((train["Y1"] > 0) & (train["Y1"] <= 20) & ~train["failed"]).to_numpy()
+    candidates = fold.train[sized if cfg.object_name else sized & is_solid(train).to_numpy()]
+    if cfg.object_name or cfg.split == "grouped":
+        keys = (table[PRODUCT_NAME] if cfg.object_name else series_keys(table)).to_numpy()
         groups = np.unique(keys[candidates])
         chosen = rng.choice(groups, size=max(1, round(len(groups) * cfg.inner_val_frac)), replace=False)
         valid = candidates[np.isin(keys[candidates], chosen)]
@@ -346,16 +349,30 @@ def run_fold(cfg: Config, run_dir: Path, outer: Fold) -> None:
                 + f" ({record['wall_s']:.0f} s)")
 
 
+def chosen_folds(cfg: Config, table: pd.DataFrame) -> list[Fold]:
+    """The folds this run scores (all, or those of --folds); ValueError for an unknown split, product or index."""
+    folds = make_folds(table, cfg.split, cfg.n_folds, cfg.seed, cfg.object_name)
+    unknown = sorted(set(cfg.folds) - {f.index for f in folds})
+    if unknown:
+        raise ValueError(f"--folds {' '.join(map(str, unknown))}: no such fold (0..{len(folds) - 1})")
+    return [f for f in folds if not cfg.folds or f.index in cfg.folds]
+
+
 def run_experiment(cfg: Config, command: str = "") -> Path:
     start = time.time()
+    from .baselines import TREE_MODELS
+
+    try:  # every setting checked before a run folder exists: a typo leaves nothing behind
+        if cfg.model not in NEURAL_MODELS + TREE_MODELS:
+            raise ValueError(f"--model {cfg.model!r}: choose from {', '.join(NEURAL_MODELS + TREE_MODELS)}")
+        dataset = load_dataset(cfg.data_dir)
+        store = load_descriptors(cfg.feats_path)
+        table = combined_table(dataset)
+        folds = chosen_folds(cfg, table)
+    except ValueError as error:
+        raise RunError(str(error)) from error
     run_dir = open_run_dir(cfg)
     logger = make_logger(run_dir)
-    dataset = load_dataset(cfg.data_dir)
-    store = load_descriptors(cfg.feats_path)
-    table = combined_table(dataset)
-    folds = make_folds(table, cfg.split, cfg.n_folds, cfg.seed, cfg.object_name)
-    if cfg.folds:
-        folds = [f for f in folds if f.index in cfg.folds]
     logger.info(f"run {run_dir} ({command or 'train.py'})")
     missing = unknown_substances(dataset.recipes, fit_encoder(dataset.recipes.head(5), store, "log", True, False))
     if missing:

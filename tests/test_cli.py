@@ -57,3 +57,16 @@ def test_convert_small_sheet(sheet, tmp_path, capsys):
     assert main(args) == 2 and not out.exists()  # the report exists: nothing is written, not half the outputs
     assert main([*args, "--force"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["drops.csv", "mine.xlsx", "out.csv"]  # no temp files left
+
+
+def test_convert_names_an_output_path_that_cannot_be_written(sheet, tmp_path, capsys):
+    xlsx = tmp_path / "mine.xlsx"
+    sheet.head(2).to_excel(xlsx, index=False)
+    folder, blocker = tmp_path / "folder", tmp_path / "blocker"
+    folder.mkdir()
+    blocker.write_text("a file")
+    for out, message in [(folder, f"{folder}: is a folder; give a file name"),
+                         (blocker / "out.csv", f"{blocker / 'out.csv'}: {blocker} is a file, not a folder")]:
+        assert main(["convert", str(xlsx), str(out), "--reference", "", "--force"]) == 2
+        assert capsys.readouterr().err.strip() == message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "folder", "mine.xlsx"]

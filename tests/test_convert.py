@@ -4,7 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from nanocrystal.convert import (LABEL_HEADERS, UNKNOWN_SPEED, coincident_rows, convert_frame, save)
+from nanocrystal.convert import (LABEL_HEADERS, UNKNOWN_SPEED, coincident_rows, convert_frame, read_sheet,
+                                  save)
 from nanocrystal.recipes import RecipeError, pool_counts, read_table
 
 SHAPES = ["Irregular shape", "cube", "flower shape", "four-pointed star", "hexagon", "rectangle", "rhombus", "rod",
@@ -132,3 +133,16 @@ def test_recipes_to_predict_need_no_labels(pbse):
     table, drops = convert(pbse, labels=False)
     assert drops.empty and table.loc[0, ["Y1", "Y3"]].tolist() == [-1, -1]
     assert table.loc[1, ["Y1", "Y3"]].tolist() == [12.73, 6]
+
+
+def test_an_eleventh_reagent_or_a_broken_file_is_an_error(pbse, tmp_path):
+    """The model reads 10 reagents of the sheet: an 11th pair of columns is refused, not dropped without a word."""
+    with pytest.raises(RecipeError) as caught:
+        convert(pbse.assign(**{"additive amount/mmol.10": 5.0, "reactants.10": "OA"}))
+    assert caught.value.problems == [
+        f"mine.xlsx:1:{h}: at most 10 reagents per recipe are read; merge or remove this column"
+        for h in ("additive amount/mmol.10", "reactants.10")]
+    broken = tmp_path / "broken.xlsx"
+    broken.write_bytes(b"not a zip archive")
+    with pytest.raises(RecipeError, match="broken.xlsx:-:-: not a readable xlsx"):
+        read_sheet(broken)

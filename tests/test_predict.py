@@ -13,12 +13,14 @@ from sklearn.metrics import mean_absolute_error
 from nanocrystal.baselines import BlendModel
 from nanocrystal.cli import main
 from nanocrystal.config import ROOT, resolve
+from nanocrystal.convert import RECIPE_HEADERS
 from nanocrystal.correction import SeriesCorrection
-from nanocrystal.design import coverage_warnings, design, parse_vary
+from nanocrystal.design import DesignError, OUT_OF_DOMAIN_NM, coverage_warnings, design, loss, parse_vary
 from nanocrystal.encode import encode
 from nanocrystal.engine import ensemble_predict
 from nanocrystal.predict import (CACHE_FILE, load_predictor, load_run, read_recipes, save_table, shape_column,
                                  training_positions)
+from nanocrystal.recipes import RecipeError
 from nanocrystal.runs import fold_data, load_fold_models, run_experiment
 from nanocrystal.splits import make_folds
 
@@ -215,3 +217,31 @@ def test_a_checkpoint_with_the_older_lightgbm_blend_is_refused(tmp_path, descrip
     torch.save({"lgbm": {}, "config": {}}, path)
     with pytest.raises(ValueError, match="older version .*re-run it"):
         load_fold_models(path, descriptors)
+
+
+def test_design_loss_penalises_every_out_of_domain_candidate():
+    """Out of domain by distance or by a value outside the training range (in_domain False at distance < 1)."""
+    prediction = pd.DataFrame({"size_nm": [8.0, 8.0, 8.0], "domain_distance": [0.5, 0.5, 1.5],
+                               "in_domain": [True, False, False]})
+    np.testing.assert_allclose(loss(prediction, 8.0, None), [0.0, OUT_OF_DOMAIN_NM, OUT_OF_DOMAIN_NM + 5.0])
+
+
+def test_design_refuses_a_substance_named_in_two_slots(predictor):
+    template = read_recipes(EXAMPLES / "template_pbse.csv", predictor.shapes).table.iloc[0].copy()
+    template["G2"], template["G1"] = "OA", 7.0  # OA in F and G
+    with pytest.raises(DesignError, match="names 'OA' in 2 slots; merge them"):
+        parse_vary(["OA=2:60"], template)
+
+
+def test_recipes_to_predict_keep_their_file_lines(predictor, tmp_path):
+    """Without an ID column the ID is the file line, blank lines included; an xlsx with no recipe is an error."""
+    frame = pd.read_csv(EXAMPLES / "recipes.csv", dtype=str, keep_default_na=False).drop(columns="ID")
+    header, first, second = frame.head(2).to_csv(index=False).splitlines()
+    path = tmp_path / "no_id.csv"
+    path.write_text("\n".join([header, first, "", second]) + "\n")
+    recipes = read_recipes(path, predictor.shapes)
+    assert recipes.table["ID"].tolist() == [2, 4] and recipes.lines.tolist() == [2, 4]
+    header_only = tmp_path / "header_only.xlsx"
+    pd.DataFrame(columns=list(RECIPE_HEADERS)).to_excel(header_only, index=False)
+    with pytest.raises(RecipeError, match="header_only.xlsx:-:-: no recipes"):
+        read_recipes(header_only, predictor.shapes)

@@ -56,6 +56,10 @@ BAD_FILES = {
     "shape outside the list": (set_cell("Y3", 3, "12"), "3:Y3: shape index 12 is not in the shapes list"),
     "fractional shape": (set_cell("Y3", 3, "2.5"), "3:Y3: shape index 2.5 is not in the shapes list"),
     "duplicate ID": (lambda f: set_cell("ID", 5, f.loc[0, "ID"])(f), "5:ID: duplicate ID 1"),
+    "infinite amount": (set_cell("B1", 3, "inf"), "3:B1: non-finite value 'inf'"),
+    "overflowing time": (set_cell("Time", 4, "1e400"), "4:Time: non-finite value '1e400'"),
+    "fractional ID": (set_cell("ID", 5, "4.5"), "5:ID: 4.5 is not a whole number"),
+    "fractional count": (set_cell("Num", 6, "300.5"), "6:Num: 300.5 is not a whole number"),
     "amount without a name": (set_cell("G1", 4, "1.5"), "4:G1: amount > 0 but G2 names no substance"),
     "name with amount 0": (set_cell("A1", 2, "0"), "2:A2: substance 'PbO' has amount 0"),
 }
@@ -89,3 +93,24 @@ def test_unknown_labels_are_valid(small, tmp_path):
 def test_unreadable_or_missing_file(tmp_path):
     with pytest.raises(RecipeError, match="no such file"):
         read_table(tmp_path / "absent.csv", N_SHAPES)
+
+
+def test_empty_blank_lined_and_shifted_files(small, tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(RecipeError, match="empty.csv:-:-: empty file"):
+        read_table(empty, N_SHAPES)
+    # a blank line is skipped, and the rows below it keep their own file line in messages
+    lines = set_cell("Temperature2", 4, "abc")(small.copy()).to_csv(index=False).splitlines()
+    blank = tmp_path / "blank.csv"
+    blank.write_text("\n".join(lines[:2] + [""] + lines[2:]) + "\n")
+    with pytest.raises(RecipeError) as caught:
+        read_table(blank, N_SHAPES)
+    assert caught.value.problems == [f"{blank}:5:Temperature2: non-numeric value 'abc'"]
+    blank.write_text("\n".join(lines[:2] + [""] + lines[2:3]) + "\n")
+    assert read_table(blank, N_SHAPES)["ID"].tolist() == [1, 2]
+    # every row one field longer than the header (a trailing comma): pandas would shift every column by one
+    shifted = tmp_path / "shifted.csv"
+    shifted.write_text("\n".join([lines[0]] + [line + "," for line in lines[1:]]) + "\n")
+    with pytest.raises(RecipeError, match="shifted.csv:2:-: every row has one field more than the header"):
+        read_table(shifted, N_SHAPES)

@@ -114,18 +114,18 @@ def test_tsne_plot(tmp_path):
 
 def test_oof_embeddings_are_each_folds_held_out_rows(size_run, table, descriptors):
     values, shapes, folds = oof_embeddings(size_run, table, descriptors)
-    valid = [paper_folds(table, 5, 0)[k].valid for k in (0, 1)]
-    assert values.shape == (248, 16) and list(folds) == ["fold0"] * 124 + ["fold1"] * 124
+    valid = [paper_folds(table, 2, 0)[k].valid for k in (0, 1)]  # the tiny run's 2-fold split: 309 + 308 rows
+    assert values.shape == (617, 16) and list(folds) == ["fold0"] * 309 + ["fold1"] * 308
     np.testing.assert_array_equal(shapes, table["Y3"].to_numpy()[np.concatenate(valid)])
     # fold1's rows went through fold1's own model (its first member), not fold0's
     fold1 = load_fold_models(size_run / "fold1.pt", descriptors)
     with torch.no_grad():
         expected = fold1.members[0].cls_embedding(encode(table.iloc[valid[1]], fold1.encoder)).numpy()
-    np.testing.assert_allclose(values[124:], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(values[309:], expected, rtol=1e-5, atol=1e-6)
     fold0 = load_fold_models(size_run / "fold0.pt", descriptors)
     with torch.no_grad():
         other = fold0.members[0].cls_embedding(encode(table.iloc[valid[1]], fold0.encoder)).numpy()
-    assert not np.allclose(values[124:], other, atol=1e-3)
+    assert not np.allclose(values[309:], other, atol=1e-3)
 
 
 def test_report_draws_the_tsne_of_a_transformer_run(size_run, shape_run, data_dir, feats_path, tmp_path):
@@ -152,7 +152,7 @@ def test_cli_report_leaves_out_unfinished_runs(tmp_path, capsys):
     assert "unfinished: no metrics.json" in capsys.readouterr().err
     assert "| Random forest | paper | 1.5500 |" in out.read_text()
     assert main(["report", str(unfinished), *common]) == 2
-    assert "none of the run folders holds a metrics.json" in capsys.readouterr().err
+    assert "none of the run folders holds a finished result" in capsys.readouterr().err
 
 
 def test_labels_name_the_tree_blend_of_neural_runs_only(runs):
@@ -177,3 +177,26 @@ def test_labels_name_the_tree_blend_of_neural_runs_only(runs):
     lopo = [r for r in runs if r.metrics.get("object_name")][0]
     assert type(lopo)(lopo.path, lopo.metrics, {"use_product": True}).label == "Transformer (product token)"
     assert type(lopo)(lopo.path, lopo.metrics, {"use_product": False}).label == "Transformer"
+
+
+def test_tuning_and_partial_runs_are_left_out_of_the_report(tmp_path, runs, capsys):
+    import json
+    import shutil
+
+    full = FIXTURES / "size-rf-paper"
+    tuning, partial = tmp_path / "tuning", tmp_path / "partial"
+    for folder in (tuning, partial):
+        shutil.copytree(full, folder)
+    metrics = json.loads((full / "metrics.json").read_text())
+    (tuning / "metrics.json").write_text(json.dumps({**metrics, "scored_on": "inner"}))
+    (partial / "config.json").write_text(json.dumps({"n_folds": 5}))  # 2 folds of 5 scored (--folds 0 1)
+    shapes = tmp_path / "shapes.txt"
+    shapes.write_text("\n".join(f"shape{k}" for k in range(11)))
+    dirs = [str(full), str(tuning), str(partial)]
+    text = report(dirs, tmp_path / "results.md", tmp_path / "assets", shapes, tmp_path / "no-paper.csv")
+    assert text.count("| Random forest | paper |") == 1
+    err = capsys.readouterr().err
+    assert f"{tuning}: scored on inner validation rows (a tuning run), left out" in err
+    assert f"{partial}: 2 of 5 folds scored, left out" in err
+    with pytest.raises(ReportError, match="finished result"):
+        report(dirs[1:], tmp_path / "results.md", tmp_path / "assets", shapes, tmp_path / "no-paper.csv")

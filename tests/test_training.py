@@ -14,7 +14,7 @@ from nanocrystal.encode import encode, fit_encoder
 from nanocrystal.engine import ensemble_predict, epoch_order, size_loss, train_member
 from nanocrystal.runs import (RunError, fold_data, inner_fold, load_fold_models, make_model_factory,
                               run_experiment)
-from nanocrystal.splits import paper_folds
+from nanocrystal.splits import paper_folds, product_folds
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +31,20 @@ def test_training_rows_never_hold_a_validation_row(table, fold0_data):
     outer_valid = paper_folds(table, 5, 0)[0].valid
     assert not np.isin(inner.valid, outer_valid).any() and not np.isin(inner.train, outer_valid).any()
     assert not np.isin(inner.valid, inner.train).any()
+
+
+def test_leave_one_product_out_tunes_on_whole_other_products(table):
+    """--inner_val_frac with --object_name: the tuning rows are every sized row of some training products, none of
+    whose rows trains, as in the outer split."""
+    outer = product_folds(table, ["PbSe"])[0]
+    inner = inner_fold(table, outer, resolve("tiny", {"inner_val_frac": 0.2, "object_name": ["PbSe"]}))
+    products = table["T2"].to_numpy()
+    sized = (table["Y1"] > 0) & (table["Y1"] <= 20)
+    held = set(products[inner.valid])
+    with_sizes = set(products[outer.train][sized.to_numpy()[outer.train]])
+    assert "PbSe" not in held and len(held) == round(0.2 * len(with_sizes))
+    assert not held & set(products[inner.train])
+    assert set(inner.valid) == set(np.flatnonzero(table["T2"].isin(held) & sized))
 
 
 def test_scalers_see_no_validation_row(fold0_data, descriptors):
@@ -148,3 +162,43 @@ def test_config_file_reruns_the_same_run(tiny_run, tmp_path):
     first = json.loads((tiny_run / "fold0.json").read_text())["metrics"]
     second = json.loads((again / "fold0.json").read_text())["metrics"]
     assert second == pytest.approx(first, rel=1e-6)  # seeded: the same numbers, not just close ones
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--folds", "0", "7"], "--folds 7: no such fold \\(0..4\\)"),
+    (["--object_name", "Unobtainium"], "--object_name 'Unobtainium': no recipe has this product"),
+    (["--model", "xgb"], "--model 'xgb': choose from transformer"),
+])
+def test_a_bad_setting_stops_before_a_run_folder_exists(flags, message, tmp_path):
+    cfg = config_from_args(["--preset", "tiny", "--save_path", str(tmp_path / "run"), *flags])
+    with pytest.raises(RunError, match=message):
+        run_experiment(cfg)
+    assert not (tmp_path / "run").exists()  # the corrected command can use the same --save_path
+
+
+def test_bad_task_split_resume_or_config_file_are_refused(tmp_path, capsys):
+    from nanocrystal.cli import train_main
+
+    for flags, message in [(["--task", "sizes"], "--task 'sizes': choose from size, shape"),
+                           (["--split", "grouppd"], "--split 'grouppd': choose from paper, grouped")]:
+        with pytest.raises(ValueError, match=message):
+            config_from_args(flags)
+    with pytest.raises(RunError, match="--resume needs --save_path"):  # a new timestamped folder would resume nothing
+        run_experiment(config_from_args(["--preset", "tiny", "--resume"]))
+    assert train_main(["--config", str(tmp_path / "absent.json")]) == 2
+    assert "absent.json" in capsys.readouterr().err
+
+
+def test_results_are_written_with_the_usual_file_mode(tmp_path):
+    import os
+    import stat
+
+    from nanocrystal.runs import write_text
+
+    mask = os.umask(0o022)
+    try:
+        write_text(tmp_path / "note.txt", "x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "note.txt").stat().st_mode) == 0o644  # not mkstemp's owner-only 0600
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
