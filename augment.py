@@ -1,4 +1,4 @@
-"""Write reaction-intermediate augmented training tables, one per fold (PROTOCOL.md section 6; docs/augmentation.md).
+"""Write reaction-intermediate augmented training tables, one per fold (docs/protocol.md §6, docs/augmentation.md).
 
     python augment.py                          # paper split, seed 0, 5 folds, 10 rows per training recipe
     python augment.py --split grouped --out data/augmented-grouped

@@ -39,7 +39,7 @@ echo "slowest of $folds concurrent copies: $rate steps/s -> $epochs epochs + $pr
 start=$(date +%s)
 python3 train.py --task size --preset paper --workers $folds --threads 3 --epochs "$epochs" \
   --pretrain_epochs "$pretrain" --eval_every $(( epochs / 10 )) --tree_blend 0.8 --blend_models lgbm et \
-  --series_correction --save_path "$save" ${extra[@]+"${extra[@]}"}
+  --lgbm_seeds 3 --lgbm_huber_delta 0.05 --series_correction --save_path "$save" ${extra[@]+"${extra[@]}"}
 echo "run folder: $save  (wall time $(( $(date +%s) - start )) s)"
 python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(json.dumps(m['stages'], indent=2))" \
   "$save/metrics.json"

@@ -1,4 +1,5 @@
-"""Reaction-intermediate augmentation (PROTOCOL.md section 6): the rules, per-fold tables, their manifest, the loader.
+"""Reaction-intermediate augmentation (docs/protocol.md section 6): the rules, per-fold tables, their manifest and
+the loader.
 
 A generated row is one of its source recipe with 1-3 reactions applied: two reagents A and B that both have a
 positive amount, and whose intermediate (named `A@B` or `B@A`, whichever the descriptor file has) has a descriptor,

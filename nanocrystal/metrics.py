@@ -1,4 +1,4 @@
-"""Scores of PROTOCOL.md section 7, all from scikit-learn."""
+"""Scores of docs/protocol.md section 7, all from scikit-learn."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""The recipe schema: columns, slots, validation, loading, and the pools of PROTOCOL.md section 2.
+"""The recipe schema: columns, slots, validation, loading, and the pools of docs/protocol.md section 2.
 
 A recipe table in memory is a pandas DataFrame with the upstream column names (users grep for them) in a fixed order
 and fixed dtypes, plus a boolean `failed` column. Row numbers in messages are line numbers of the file (header = 1).
@@ -173,7 +173,7 @@ def load_dataset(data_dir: str | Path) -> Dataset:
     return Dataset(recipes=recipes, failures=failures, shapes=shapes)
 
 
-# ---- pools (PROTOCOL.md section 2) -------------------------------------------------------------------------------
+# ---- pools (docs/protocol.md section 2) ------------------------------------------------------------------------
 
 def is_solid(table: pd.DataFrame) -> pd.Series:
     return table["Num"] >= SOLID_MIN_COUNT

@@ -4,6 +4,6 @@
 # log(size), each chosen by inner CV on the fold's training rows): the weight and the models were chosen by inner
 # cross-validation on training rows only (docs/size_ablations.md, session 3).
 # Extra arguments go to train.py (they win over these), e.g. --split grouped, --augmented data/augmented,
-# --tree_blend 0 (the transformer alone), --preset paper (GPU).
+# --tree_blend 0 --no-series_correction (the transformer alone), --preset paper (GPU).
 set -euo pipefail
 exec bash "$(dirname "$0")/run_task.sh" size --task size --preset cpu -- "$@"

@@ -30,7 +30,7 @@ def test_real_sheet_unknown_fields_and_upstream_agreement(conversion, dataset):
     assert int((table["Y2"] == -1).sum()) == 62
     assert int((table["Speed"] == UNKNOWN_SPEED).sum()) == 338
     assert pool_counts(table)["evaluation"] == 629
-    # The sheet is a later revision of the CSV: PROTOCOL.md counts 2,963 raw rows in common; 8 of those have an
+    # The sheet is a later revision of the CSV: docs/protocol.md counts 2,963 raw rows in common; 8 of those have an
     # amount without a reagent name, which the converter drops rather than guess.
     assert coincident_rows(table, dataset.recipes) == 2955
     assert 2900 <= coincident_rows(table, dataset.recipes) <= 3000
