@@ -28,13 +28,12 @@ from sklearn.model_selection import GroupKFold
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 from threadpoolctl import threadpool_limits
 
-from .config import Config
+from .config import TREE_MODELS, Config
 from .descriptors import DescriptorStore
 from .features import RecipeFeaturizer
 from .metrics import shape_metrics, size_metrics
 from .recipes import PRODUCT_NAME, has_size, series_keys
 
-TREE_MODELS = ("dt", "rf", "et", "hgb", "lgbm")
 INNER_FOLDS = 3
 
 # Size models fit log(size) and predict exp of it: sizes are positive and their errors grow with them. Inner 3-fold CV

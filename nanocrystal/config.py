@@ -10,6 +10,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("size", "shape")
 SPLITS = ("paper", "grouped")
+TREE_MODELS = ("dt", "rf", "et", "hgb", "lgbm")  # baselines.py; the neural ones are model.MODELS
 BLEND_MODELS = ("lgbm", "et", "rf")  # tree models whose fitted form saves as text or tensors (baselines.fit_blend)
 
 

@@ -99,7 +99,8 @@ def validate_frame(raw: pd.DataFrame, source: str, n_shapes: int) -> tuple[pd.Da
     size = typed["Y1"]
     flag((size <= 0) & (size != UNKNOWN), "Y1", lambda v: f"size {v:g} must be positive or {UNKNOWN} (unknown)")
     for column in ("ID", "Num"):  # integers in the model layout
-        flag(typed[column] != typed[column].round(), column, lambda v: f"{v:g} is not a whole number")
+        flag(typed[column].notna() & (typed[column] != typed[column].round()), column,
+             lambda v: f"{v:g} is not a whole number")
     flag(typed["ID"].notna() & typed["ID"].duplicated(keep="first"), "ID", lambda v: f"duplicate ID {v:g}")
     for amount_col, name_col in zip(AMOUNT_COLUMNS, NAME_COLUMNS):
         empty = typed[name_col].isin(["", EMPTY_NAME])

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import ROOT, Config
+from .config import ROOT, TREE_MODELS, Config
 from .correction import SeriesCorrection
 from .descriptors import DescriptorStore, load_descriptors
 from .encode import Encoder, descriptor_matrix, encode, fit_encoder, unknown_substances
@@ -360,8 +360,6 @@ def chosen_folds(cfg: Config, table: pd.DataFrame) -> list[Fold]:
 
 def run_experiment(cfg: Config, command: str = "") -> Path:
     start = time.time()
-    from .baselines import TREE_MODELS
-
     try:  # every setting checked before a run folder exists: a typo leaves nothing behind
         if cfg.model not in NEURAL_MODELS + TREE_MODELS:
             raise ValueError(f"--model {cfg.model!r}: choose from {', '.join(NEURAL_MODELS + TREE_MODELS)}")

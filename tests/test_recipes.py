@@ -50,6 +50,7 @@ BAD_FILES = {
     "non-numeric": (set_cell("Temperature2", 4, "hot"), "4:Temperature2: non-numeric value 'hot'"),
     "NaN": (set_cell("Temperature1", 3, "nan"), "3:Temperature1: missing value (NaN)"),
     "empty cell": (set_cell("Y1", 5, ""), "5:Y1: missing value (NaN)"),
+    "empty count": (set_cell("Num", 5, ""), "5:Num: missing value (NaN)"),  # one problem, not also "not whole"
     "negative amount": (set_cell("B1", 6, "-2"), "6:B1: negative amount -2"),
     "below absolute zero": (set_cell("Temperature1", 2, "-300"), "2:Temperature1: temperature -300 °C is below"),
     "negative time": (set_cell("Time", 7, "-5"), "7:Time: negative time -5"),
