@@ -15,7 +15,6 @@ for the same generated row, and above every dataset ID (checked).
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import pandas as pd
 
 from .descriptors import INTERMEDIATE_SEPARATOR, load_descriptors
 from .fetch import sha256_of
+from .files import write_text
 from .recipes import (AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, FAILURES_FILE, LABEL_COLUMNS, NAME_COLUMNS,
                       OPTIONAL_COLUMNS, PRODUCT_AMOUNT, PRODUCT_NAME, RECIPES_FILE, REQUIRED_COLUMNS, load_dataset,
                       read_table)
@@ -202,15 +202,6 @@ def file_name(fold_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.()+-]", "_", fold_name) + ".csv"
 
 
-def _atomic_write(path: Path, write) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        write(temp)
-        os.replace(temp, path)
-    finally:
-        Path(temp).unlink(missing_ok=True)
-
-
 def read_manifest(folder: Path) -> dict | None:
     path = folder / MANIFEST
     if not path.is_file():
@@ -251,13 +242,13 @@ def write_folder(out: Path, generated: pd.DataFrame, selections: dict[str, tuple
     for name, (positions, stats) in selections.items():
         path = out / file_name(name)
         text = "\n".join([header, *(lines[p] for p in positions)]) + "\n"
-        _atomic_write(path, lambda temp: Path(temp).write_text(text))
+        write_text(path, text)
         files[name] = {"file": path.name, "sha256": sha256_of(path), **asdict(stats)}
     stale = {entry["file"] for entry in (old or {}).get("files", {}).values()} - {f["file"] for f in files.values()}
     for stale_name in stale:
         (out / stale_name).unlink(missing_ok=True)
     manifest = {**settings, "id_scheme": ID_SCHEME, "sources": sources, "files": files}
-    _atomic_write(out / MANIFEST, lambda temp: Path(temp).write_text(json.dumps(manifest, indent=2) + "\n"))
+    write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

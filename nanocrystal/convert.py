@@ -26,7 +26,6 @@ For recipes to predict (`labels=False`) the label columns may be absent or empty
 """
 from __future__ import annotations
 
-import os
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .files import check_target, write_csv
 from .recipes import (ABSOLUTE_ZERO_C, AMOUNT_COLUMNS, EMPTY_NAME, NAME_COLUMNS, PRODUCT_AMOUNT, PRODUCT_NAME,
                       REQUIRED_COLUMNS, UNKNOWN, RecipeError, finish, validate_frame)
 
@@ -234,27 +234,5 @@ def save(result: Conversion, out: str | Path, report: str | Path | None, force: 
     if existing and not force:
         raise FileExistsError(f"{', '.join(existing)}: exists; pass --force to replace it")
     for frame, path in targets:
-        write_csv_atomic(frame, path)
+        write_csv(frame, path)
 
-
-def check_target(path: Path) -> None:
-    """An output file name whose folder exists or can be made (OSError with a plain message otherwise)."""
-    if path.is_dir():
-        raise IsADirectoryError(f"{path}: is a folder; give a file name")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise NotADirectoryError(f"{path}: {parent} is a file, not a folder")
-            break
-
-
-def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """Write to a temp file in the target folder, then os.replace: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        # %.15g: a number typed into a spreadsheet (at most 15 significant digits) is written back exactly.
-        frame.to_csv(temp, index=False, float_format="%.15g")
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)

@@ -29,7 +29,8 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from .config import Config
-from .convert import check_target, convert_file, write_csv_atomic
+from .convert import convert_file
+from .files import check_target, write_atomic, write_csv
 from .correction import SeriesCorrection
 from .descriptors import load_descriptors
 from .encode import Encoder, encode, unknown_substances
@@ -37,7 +38,7 @@ from .engine import predict as model_predict
 from .recipes import (AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, LABEL_COLUMNS, NAME_COLUMNS, PRODUCT_NAME,
                       SHAPES_FILE, UNKNOWN, RecipeError, load_dataset, load_shapes, read_csv_raw,
                       read_frame)
-from .runs import NEURAL_MODELS, blend, load_fold_models, write_atomic
+from .runs import NEURAL_MODELS, blend, load_fold_models
 from .splits import combined_table, make_folds, task_rows
 
 if TYPE_CHECKING:  # LightGBM is imported only when a run has a blend (runs.load_fold_models)
@@ -384,7 +385,7 @@ def save_table(frame: pd.DataFrame, path: str | Path, force: bool = False) -> No
     check_target(path)
     if path.exists() and not force:
         raise FileExistsError(f"{path}: exists; pass --force to replace it")
-    write_csv_atomic(frame, path)
+    write_csv(frame, path)
 
 
 def summary(frame: pd.DataFrame, leading: list[str] = ()) -> str:

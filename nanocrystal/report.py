@@ -23,7 +23,8 @@ import pandas as pd  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
 from .metrics import SIZE_METRICS  # noqa: E402
-from .runs import NEURAL_MODELS, write_atomic, write_text  # noqa: E402
+from .files import write_atomic, write_text  # noqa: E402
+from .runs import NEURAL_MODELS  # noqa: E402
 
 # The paper's figures (arXiv 2412.10838): 5-fold paper split, seed 0; leave-one-product-out with pretrain + finetune.
 PAPER_SIZE = {"transformer": {"mae": 1.3995, "r2": 0.7198}, "dt": {"mae": 2.0495}, "rf": {"mae": 1.6307},

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -27,6 +26,7 @@ from .correction import SeriesCorrection
 from .descriptors import DescriptorStore, load_descriptors
 from .encode import Encoder, descriptor_matrix, encode, fit_encoder, unknown_substances
 from .engine import ensemble_predict, train_member
+from .files import write_atomic, write_text
 from .metrics import SHAPE_METRICS, SIZE_METRICS, mean_metrics, shape_metrics, size_metrics
 from .model import MODELS
 from .recipes import PRODUCT_NAME, is_solid, load_dataset, series_keys
@@ -40,23 +40,6 @@ NEURAL_MODELS = tuple(MODELS)  # trained by engine.train_member; the rest are ba
 
 class RunError(RuntimeError):
     pass
-
-
-# ---- files ---------------------------------------------------------------------------------------------------------
-
-def write_atomic(path: Path, write) -> None:
-    """Write through a temp file in the same folder, then rename: a reader never sees half a file."""
-    # `write` creates the temp file itself, so it gets the usual mode (mkstemp's would be owner-only)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        write(temp)
-        os.replace(temp, path)
-    finally:
-        Path(temp).unlink(missing_ok=True)
-
-
-def write_text(path: Path, text: str) -> None:
-    write_atomic(path, lambda temp: Path(temp).write_text(text))
 
 
 def default_run_dir(cfg: Config) -> Path:

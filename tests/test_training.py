@@ -193,7 +193,7 @@ def test_results_are_written_with_the_usual_file_mode(tmp_path):
     import os
     import stat
 
-    from nanocrystal.runs import write_text
+    from nanocrystal.files import write_text
 
     mask = os.umask(0o022)
     try:
