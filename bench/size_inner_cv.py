@@ -18,6 +18,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -106,8 +107,19 @@ def transformer_prediction(args: tuple[Config, FoldData, int]) -> tuple[np.ndarr
     return size_nm[:len(part.valid)], size_nm[len(part.valid):]
 
 
-def corrected(part: FoldData, scored_nm: np.ndarray, own_nm: np.ndarray, scale: float, shrink: float) -> np.ndarray:
-    return SeriesCorrection.fit(part.train, own_nm, scale, shrink).apply(part.valid, scored_nm)
+def corrected_mae(indices: list[int], parts: list, frames: list[pd.DataFrame], own: list[dict[str, np.ndarray]],
+                  combine: Callable[[dict[str, np.ndarray]], np.ndarray], scale: float | None, shrink: float) -> float:
+    """MAE over the inner folds `indices` of combine(columns), then (unless scale is None) the series correction,
+    whose residuals are combine() of the fit rows' own predictions."""
+    errors = []
+    for index in indices:
+        part = parts[index][2]
+        scored_nm = combine({name: column.to_numpy() for name, column in frames[index].items()})
+        if scale is not None:
+            correction = SeriesCorrection.fit(part.train, combine(own[index]), scale, shrink)
+            scored_nm = scored_nm * correction.factors(part.valid)
+        errors.append(np.abs(scored_nm - frames[index]["true"].to_numpy()))
+    return float(np.concatenate(errors).mean())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,31 +178,19 @@ def main(argv: list[str] | None = None) -> int:
         if set(members) <= set(args.variants):
             print(f"\n{corrected_blend} alone, then the series correction, on all {len(rows)} rows:")
             for scale, shrink in [(None, None), *CORRECTION_GRID]:
-                errors = []
-                for index, (_, _, part) in enumerate(parts):
-                    scored_nm = frames[index][members].to_numpy().mean(axis=1)
-                    if scale is not None:
-                        scored_nm = corrected(part, scored_nm, np.mean([own[index][m] for m in members], axis=0), scale,
-                                              shrink)
-                    errors.append(np.abs(scored_nm - frames[index]["true"].to_numpy()))
+                mae = corrected_mae(list(range(len(parts))), parts, frames, own,
+                                    lambda p: np.mean([p[m] for m in members], axis=0), scale, shrink)
                 label = "no correction" if scale is None else f"{scale}, {shrink}"
-                print(f"{label:28s} MAE {np.concatenate(errors).mean():.4f}")
+                print(f"{label:28s} MAE {mae:.4f}")
         if "transformer" in rows and set(members) <= set(args.variants):
             print(f"\n{corrected_blend} beside the transformer, then the series correction (MAE at tree weight w):")
             print(f"{'scale, shrink':28s} " + " ".join(f"w={w:.1f} " for w in WEIGHTS))
-            chosen = [(index, part) for index, part in neural]
+            chosen = [index for index, _ in neural]
+
+            def mix(w: float) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+                return lambda p: (1 - w) * p["transformer"] + w * np.mean([p[m] for m in members], axis=0)
             for scale, shrink in [(None, None), *CORRECTION_GRID]:
-                maes = []
-                for w in WEIGHTS:
-                    errors = []
-                    for index, part in chosen:
-                        def mix(p):
-                            return (1 - w) * p["transformer"] + w * np.mean([p[m] for m in members], axis=0)
-                        scored_nm = mix({k: frames[index][k].to_numpy() for k in ["transformer", *members]})
-                        if scale is not None:
-                            scored_nm = corrected(parts[index][2], scored_nm, mix(own[index]), scale, shrink)
-                        errors.append(np.abs(scored_nm - frames[index]["true"].to_numpy()))
-                    maes.append(np.concatenate(errors).mean())
+                maes = [corrected_mae(chosen, parts, frames, own, mix(w), scale, shrink) for w in WEIGHTS]
                 label = "no correction" if scale is None else f"{scale}, {shrink}"
                 print(f"{label:28s} " + " ".join(f"{m:.4f}" for m in maes))
     return 0

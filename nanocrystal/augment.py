@@ -23,7 +23,7 @@ from typing import Iterable, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
-from .descriptors import INTERMEDIATE_SEPARATOR, load_descriptors
+from .descriptors import INTERMEDIATE_SEPARATOR, intermediate_name, load_descriptors
 from .fetch import sha256_of
 from .files import write_text
 from .recipes import (AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, FAILURES_FILE, LABEL_COLUMNS, NAME_COLUMNS,
@@ -69,7 +69,7 @@ def _pairs(names: list[str], amounts: list[float], index: PairIndex) -> list[Pai
         for j in live[a + 1:]:
             name = index.get((names[i], names[j]))
             if name is not None:
-                first, second = (i, j) if name.startswith(names[i] + INTERMEDIATE_SEPARATOR) else (j, i)
+                first, second = (i, j) if name == intermediate_name(names[i], names[j]) else (j, i)
                 pairs.append(Pair(first, second, name))
     return pairs
 

@@ -32,7 +32,7 @@ from .config import TREE_MODELS, Config
 from .descriptors import DescriptorStore
 from .features import RecipeFeaturizer
 from .metrics import shape_metrics, size_metrics
-from .recipes import PRODUCT_NAME, has_size, series_keys
+from .splits import inner_groups, inner_pool
 
 INNER_FOLDS = 3
 
@@ -157,22 +157,6 @@ def inner_score(task: str, rows: pd.DataFrame, prediction: dict[str, np.ndarray]
 
 
 # ---- inner cross-validation -----------------------------------------------------------------------------------------
-
-def inner_pool(cfg: Config, train: pd.DataFrame, weak: np.ndarray) -> np.ndarray:
-    """Training rows like the outer validation rows: solid with 0 < size <= 20 (any Num with a size for
-    leave-one-product-out, whose validation rows are)."""
-    like = has_size(train).to_numpy() & ~train["failed"].to_numpy()
-    return like if cfg.object_name else like & ~weak
-
-
-def inner_groups(cfg: Config, train: pd.DataFrame) -> np.ndarray:
-    """What must not straddle inner training and validation, as in the outer split."""
-    if cfg.object_name:
-        return train[PRODUCT_NAME].to_numpy(object)
-    if cfg.split == "grouped":
-        return series_keys(train).to_numpy(object)
-    return np.arange(len(train))
-
 
 def inner_splits(cfg: Config, train: pd.DataFrame, weak: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(fit rows, score rows) positions into `train`; every row of a scored group leaves the fit rows."""

@@ -79,7 +79,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from .descriptors import DescriptorError
-    from .predict import PredictError, load_predictor, predict_recipes, read_recipes, save_table, summary
+    from .files import save_csvs
+    from .predict import PredictError, load_predictor, predict_recipes, read_recipes, summary
     from .recipes import RecipeError
 
     torch.set_num_threads(1)  # small batches: one thread is fastest on a shared CPU
@@ -87,7 +88,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         predictor = load_predictor(args.size_run, args.shape_run)
         table = predict_recipes(predictor, read_recipes(args.recipes, predictor.shapes), args.allow_unknown)
         if args.out:
-            save_table(table, args.out, args.force)
+            save_csvs([(table, Path(args.out))], args.force)
     except (RecipeError, PredictError, DescriptorError, OSError) as error:
         print(str(error), file=sys.stderr)
         return 2
@@ -104,7 +105,8 @@ def cmd_design(args: argparse.Namespace) -> int:
 
     from .descriptors import DescriptorError
     from .design import DesignError, design, parse_vary
-    from .predict import PredictError, check_known, load_predictor, read_recipes, save_table, shape_column, summary
+    from .files import save_csvs
+    from .predict import PredictError, check_known, load_predictor, read_recipes, shape_column, summary
     from .recipes import RecipeError
 
     start = time.time()
@@ -117,7 +119,7 @@ def cmd_design(args: argparse.Namespace) -> int:
         result = design(predictor, template.table, args.target_size, ranges, args.target_shape, args.top,
                         args.trials, args.seed)
         if args.out:
-            save_table(result.table, args.out, args.force)
+            save_csvs([(result.table, Path(args.out))], args.force)
     except (RecipeError, DesignError, PredictError, DescriptorError, OSError) as error:
         print(str(error), file=sys.stderr)
         return 2
@@ -148,11 +150,16 @@ def config_parser() -> argparse.ArgumentParser:
     """One flag per Config field (same name, same type); a flag not given keeps the preset's or config file's value."""
     import dataclasses
 
-    parser = argparse.ArgumentParser(prog="train.py", description="Train and evaluate over the folds of a split.")
-    parser.add_argument("--config", default=None, help="a run's config.json: re-run it (other flags override)")
+    from .config import resolve
+
+    parser = argparse.ArgumentParser(prog="train.py", description="Train and evaluate over the folds of a split. "
+                                     "Defaults shown are the cpu preset's; --preset tiny or paper changes them.")
+    parser.add_argument("--config", default=None,
+                        help="a run's config.json: re-run it (other flags override; --preset is refused)")
+    cpu = resolve("cpu")  # what a flag not given means
     for spec in dataclasses.fields(Config):
         flag = f"--{spec.name}"
-        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+        default = getattr(cpu, spec.name)
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"(default {default})")
@@ -175,6 +182,9 @@ def config_from_args(argv: list[str] | None = None):
     config_file = args.pop("config")
     given = {k: v for k, v in args.items() if v is not None}
     if config_file:
+        if "preset" in given:  # the file holds a preset's values already; applying another one would be half done
+            raise ValueError("--preset cannot be combined with --config: the config file already holds its preset's "
+                             "values; override single flags instead")
         base = json.loads(Config.load(config_file).to_json())
         base.pop("save_path"), base.pop("resume")
         return Config.from_dict({**base, **given})

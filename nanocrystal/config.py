@@ -19,7 +19,7 @@ class Config:
     # what to run
     task: str = "size"  # size | shape
     model: str = "transformer"  # transformer | rf | et | dt | hgb | lgbm | mlp | lstm
-    preset: str = "cpu"  # cpu | paper | tiny (tests)
+    preset: str = ""  # set by resolve(): cpu | paper | tiny (tests); empty = the plain defaults below
     split: str = "paper"  # paper | grouped (ignored when object_name is set)
     object_name: list[str] = field(default_factory=list)  # leave-one-product-out products
     seed: int = 0  # split seed (0 = the published split)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .files import check_target, write_csv
+from .files import save_csvs
 from .recipes import (ABSOLUTE_ZERO_C, AMOUNT_COLUMNS, EMPTY_NAME, NAME_COLUMNS, PRODUCT_AMOUNT, PRODUCT_NAME,
                       REQUIRED_COLUMNS, UNKNOWN, RecipeError, finish, validate_frame)
 
@@ -228,11 +228,5 @@ def save(result: Conversion, out: str | Path, report: str | Path | None, force: 
     targets = [(result.table[list(REQUIRED_COLUMNS)], Path(out))]
     if report:
         targets.append((result.drops, Path(report)))
-    for _, path in targets:  # all checked before anything is written
-        check_target(path)
-    existing = [str(path) for _, path in targets if path.exists()]
-    if existing and not force:
-        raise FileExistsError(f"{', '.join(existing)}: exists; pass --force to replace it")
-    for frame, path in targets:
-        write_csv(frame, path)
+    save_csvs(targets, force)
 

@@ -73,9 +73,6 @@ class SeriesCorrection:
                 out[row] = np.exp((weights * self.log_residuals[found]).sum() / total)
         return out
 
-    def apply(self, table: pd.DataFrame, size_nm: np.ndarray) -> np.ndarray:
-        return np.asarray(size_nm) * self.factors(table)
-
     # ---- checkpoint state: strings, tensors and numbers (torch.load(weights_only=True) reads it) --------------------
 
     def to_state(self) -> dict:

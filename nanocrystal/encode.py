@@ -1,6 +1,7 @@
 """Rows + descriptors -> tensors. The fitted scalers live in an `Encoder`, saved in every checkpoint."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -106,6 +107,11 @@ class Batch:
 
     def index(self, rows: torch.Tensor) -> "Batch":
         return Batch(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
+
+    def chunks(self, size: int) -> Iterator["Batch"]:
+        """Consecutive pieces of at most `size` rows, in order (inference on large tables)."""
+        for start in range(0, len(self), size):
+            yield self.index(torch.arange(start, min(start + size, len(self))))
 
 
 def unknown_substances(table: pd.DataFrame, encoder: Encoder) -> dict[str, int]:

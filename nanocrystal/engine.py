@@ -162,8 +162,8 @@ def predict(model: torch.nn.Module, data: Batch, batch_size: int = 2048) -> dict
     model.eval()
     device = next(model.parameters()).device
     parts: dict[str, list] = {"size": [], "shape": [], "failed": []}
-    for start in range(0, len(data), batch_size):
-        out = model(data.index(torch.arange(start, min(start + batch_size, len(data)))).to(device))
+    for chunk in data.chunks(batch_size):
+        out = model(chunk.to(device))
         parts["size"].append(out["size"])
         parts["shape"].append(torch.softmax(out["shape"], dim=1))
         parts["failed"].append(torch.sigmoid(out["failed"]))

@@ -155,9 +155,6 @@ class RecipeFeaturizer:
         parts.append(np.log1p(amounts.sum(axis=1, keepdims=True)))
         return np.hstack(parts)
 
-    def fit_transform(self, train: pd.DataFrame) -> np.ndarray:
-        return self.fit(train).transform(train)
-
     # ---- checkpoint state: tensors, strings and numbers only (torch.load(weights_only=True) reads it) -----------
 
     def to_state(self) -> dict:

@@ -9,6 +9,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import write_atomic
+
 UPSTREAM_REPO = "Sharpiless/Nanocrystals-Deep-Learning"
 UPSTREAM_COMMIT = "bd4191ce3fc1a176e25f80ae6ee0235d887cfacd"
 MIRROR_ENV = "NANOCRYSTAL_MIRROR"
@@ -57,19 +59,22 @@ def upstream_url(upstream_path: str) -> str:
     return f"https://raw.githubusercontent.com/{UPSTREAM_REPO}/{UPSTREAM_COMMIT}/{quoted}"
 
 
-def _copy_into(temp: Path, item: RemoteFile, mirror: Path | None) -> None:
+def _copy_verified(temp: Path, item: RemoteFile, mirror: Path | None) -> None:
+    """Copy or download the file into `temp`, then check its checksum (FetchError: `temp` is not renamed)."""
+    origin = mirror / item.upstream_path if mirror is not None else upstream_url(item.upstream_path)
     if mirror is not None:
-        source = mirror / item.upstream_path
-        if not source.is_file():
-            raise FetchError(f"{source}: missing from the mirror {mirror} ({MIRROR_ENV})")
-        shutil.copyfile(source, temp)
-        return
-    url = upstream_url(item.upstream_path)
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(temp, "wb") as out:
-            shutil.copyfileobj(response, out)
-    except OSError as error:
-        raise FetchError(f"{url}: download failed ({error}); set {MIRROR_ENV} to a local copy") from error
+        if not origin.is_file():
+            raise FetchError(f"{origin}: missing from the mirror {mirror} ({MIRROR_ENV})")
+        shutil.copyfile(origin, temp)
+    else:
+        try:
+            with urllib.request.urlopen(origin, timeout=60) as response, open(temp, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except OSError as error:
+            raise FetchError(f"{origin}: download failed ({error}); set {MIRROR_ENV} to a local copy") from error
+    got = sha256_of(temp)
+    if got != item.sha256:
+        raise FetchError(f"{origin}: checksum mismatch for {item.local_path} (expected {item.sha256}, got {got})")
 
 
 def fetch_file(item: RemoteFile, root: Path, mirror: Path | None) -> str:
@@ -78,16 +83,7 @@ def fetch_file(item: RemoteFile, root: Path, mirror: Path | None) -> str:
     if target.is_file() and sha256_of(target) == item.sha256:
         return "present"
     target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.{os.getpid()}.part")  # created by the copy: the usual file mode
-    try:
-        _copy_into(temp, item, mirror)
-        got = sha256_of(temp)
-        if got != item.sha256:
-            origin = mirror / item.upstream_path if mirror is not None else upstream_url(item.upstream_path)
-            raise FetchError(f"{origin}: checksum mismatch for {item.local_path} (expected {item.sha256}, got {got})")
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
+    write_atomic(target, lambda temp: _copy_verified(temp, item, mirror))
     return "fetched"
 
 

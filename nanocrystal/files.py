@@ -39,3 +39,15 @@ def check_target(path: Path) -> None:
             if not parent.is_dir():
                 raise NotADirectoryError(f"{path}: {parent} is a file, not a folder")
             break
+
+
+def save_csvs(tables: list[tuple[pd.DataFrame, Path]], force: bool = False) -> None:
+    """User-named output tables: every path checked before any is written; an existing file is replaced only if
+    forced."""
+    for _, path in tables:
+        check_target(path)
+    existing = [str(path) for _, path in tables if path.exists()]
+    if existing and not force:
+        raise FileExistsError(f"{', '.join(existing)}: exists; pass --force to replace it")
+    for frame, path in tables:
+        write_csv(frame, path)

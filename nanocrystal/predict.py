@@ -30,7 +30,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from .config import Config
 from .convert import convert_file
-from .files import check_target, write_atomic, write_csv
+from .files import write_atomic
 from .correction import SeriesCorrection
 from .descriptors import load_descriptors
 from .encode import Encoder, encode, unknown_substances
@@ -140,9 +140,7 @@ def training_positions(cfg: Config, table: pd.DataFrame) -> dict[str, np.ndarray
 @torch.no_grad()
 def embed(model: torch.nn.Module, table: pd.DataFrame, encoder: Encoder) -> np.ndarray:
     batch = encode(table, encoder)
-    parts = [model.cls_embedding(batch.index(torch.arange(start, min(start + EMBED_BATCH, len(batch)))))
-             for start in range(0, len(batch), EMBED_BATCH)]
-    return torch.cat(parts).numpy()
+    return torch.cat([model.cls_embedding(chunk) for chunk in batch.chunks(EMBED_BATCH)]).numpy()
 
 
 def training_range(train: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -339,17 +337,14 @@ class Predictor:
         return out
 
 
-def load_predictor(size_run: str | Path, shape_run: str | Path | None = None,
-                   shapes: list[str] | None = None) -> Predictor:
+def load_predictor(size_run: str | Path, shape_run: str | Path | None = None) -> Predictor:
     size = load_run(size_run)
     if size.cfg.task != "size":
         raise PredictError(f"{size_run}: --size-run is a {size.cfg.task} run")
     shape = load_run(shape_run) if shape_run else None
     if shape is not None and shape.cfg.task != "shape":
         raise PredictError(f"{shape_run}: --shape-run is a {shape.cfg.task} run")
-    if shapes is None:
-        shapes = load_shapes(Path(size.cfg.data_dir) / SHAPES_FILE)
-    return Predictor(size, shape, shapes)
+    return Predictor(size, shape, load_shapes(Path(size.cfg.data_dir) / SHAPES_FILE))
 
 
 def unknown_problems(recipes: Recipes, unknown: pd.DataFrame) -> list[str]:
@@ -377,15 +372,6 @@ def check_known(predictor: Predictor, recipes: Recipes) -> None:
     unknown = predictor.unknown(recipes.table)
     if len(unknown):
         raise RecipeError(unknown_problems(recipes, unknown))
-
-
-def save_table(frame: pd.DataFrame, path: str | Path, force: bool = False) -> None:
-    """Atomic CSV write; an existing file is replaced only if forced."""
-    path = Path(path)
-    check_target(path)
-    if path.exists() and not force:
-        raise FileExistsError(f"{path}: exists; pass --force to replace it")
-    write_csv(frame, path)
 
 
 def summary(frame: pd.DataFrame, leading: list[str] = ()) -> str:

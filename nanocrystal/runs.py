@@ -29,8 +29,8 @@ from .engine import ensemble_predict, train_member
 from .files import write_atomic, write_text
 from .metrics import SHAPE_METRICS, SIZE_METRICS, mean_metrics, shape_metrics, size_metrics
 from .model import MODELS
-from .recipes import PRODUCT_NAME, is_solid, load_dataset, series_keys
-from .splits import Fold, combined_table, make_folds, task_rows
+from .recipes import is_solid, load_dataset
+from .splits import Fold, combined_table, inner_groups, inner_pool, make_folds, task_rows
 
 if TYPE_CHECKING:  # baselines (LightGBM, scikit-learn) is imported only when a run uses it
     from .baselines import TreeBlend
@@ -100,18 +100,12 @@ def inner_fold(table: pd.DataFrame, fold: Fold, cfg: Config) -> Fold:
     leave-one-product-out, rows of the evaluation pool otherwise. The outer validation rows stay out entirely."""
     rng = np.random.default_rng(cfg.seed + 1000 * fold.index)
     train = table.iloc[fold.train]
-    sized = ((train["Y1"] > 0) & (train["Y1"] <= 20) & ~train["failed"]).to_numpy()
-    candidates = fold.train[sized if cfg.object_name else sized & is_solid(train).to_numpy()]
-    if cfg.object_name or cfg.split == "grouped":
-        keys = (table[PRODUCT_NAME] if cfg.object_name else series_keys(table)).to_numpy()
-        groups = np.unique(keys[candidates])
-        chosen = rng.choice(groups, size=max(1, round(len(groups) * cfg.inner_val_frac)), replace=False)
-        valid = candidates[np.isin(keys[candidates], chosen)]
-        keep = ~np.isin(keys[fold.train], chosen)
-    else:
-        valid = rng.choice(candidates, size=max(1, round(len(candidates) * cfg.inner_val_frac)), replace=False)
-        keep = ~np.isin(fold.train, valid)
-    return Fold(fold.index, f"{fold.name}-inner", fold.train[keep], np.sort(valid))
+    pool = inner_pool(cfg, train, ~is_solid(train).to_numpy())  # as the inner CV of the tree models
+    groups = inner_groups(cfg, train)
+    candidates = np.unique(groups[pool])
+    chosen = rng.choice(candidates, size=max(1, round(len(candidates) * cfg.inner_val_frac)), replace=False)
+    held = np.isin(groups, chosen)
+    return Fold(fold.index, f"{fold.name}-inner", fold.train[~held], np.sort(fold.train[pool & held]))
 
 
 def fold_data(cfg: Config, table: pd.DataFrame, fold: Fold, n_shapes: int) -> FoldData:

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, KFold
 
-from .recipes import PRODUCT_NAME, Dataset, evaluation_mask, has_size, is_solid, series_keys
+from .config import Config
+from .recipes import MAX_EVAL_SIZE_NM, PRODUCT_NAME, Dataset, evaluation_mask, has_size, is_solid, series_keys
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,6 @@ def make_folds(table: pd.DataFrame, split: str, n_folds: int, seed: int, product
     raise ValueError(f"unknown split {split!r}; choose paper or grouped")
 
 
-def solid_mask(table: pd.DataFrame) -> np.ndarray:
-    return (is_solid(table) & ~table["failed"]).to_numpy()
-
-
 def task_rows(table: pd.DataFrame, positions: np.ndarray, task: str, use_weak: bool = True,
               use_large: bool = True, use_failures: bool = True) -> np.ndarray:
     """The rows of `positions` a task trains on. Size: rows with 0 < size <= 20 nm (no other row has a size loss).
@@ -89,7 +86,23 @@ def task_rows(table: pd.DataFrame, positions: np.ndarray, task: str, use_weak: b
         if not use_failures:
             keep &= ~rows["failed"]
         if not use_large:
-            keep &= ~(rows["Y1"] > 20)
+            keep &= ~(rows["Y1"] > MAX_EVAL_SIZE_NM)
     else:
         raise ValueError(f"unknown task {task!r}; choose size or shape")
     return positions[keep.to_numpy()]
+
+
+def inner_pool(cfg: Config, train: pd.DataFrame, weak: np.ndarray) -> np.ndarray:
+    """Training rows like the outer validation rows: solid with 0 < size <= 20 (any Num with a size for
+    leave-one-product-out, whose validation rows are)."""
+    like = has_size(train).to_numpy() & ~train["failed"].to_numpy()
+    return like if cfg.object_name else like & ~weak
+
+
+def inner_groups(cfg: Config, train: pd.DataFrame) -> np.ndarray:
+    """What must not straddle inner training and validation, as in the outer split."""
+    if cfg.object_name:
+        return train[PRODUCT_NAME].to_numpy(object)
+    if cfg.split == "grouped":
+        return series_keys(train).to_numpy(object)
+    return np.arange(len(train))

@@ -5,14 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 name=$1; shift
-save="runs/${name}-$(date +%Y%m%d-%H%M%S)"
 args=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do args+=("$1"); shift; done
 [ $# -gt 0 ] && shift
-user=()
-while [ $# -gt 0 ]; do  # a --save_path of the user's replaces the default (and is passed once)
-  if [ "$1" = "--save_path" ] && [ $# -gt 1 ]; then save=$2; shift 2; else user+=("$1"); shift; fi
-done
+# a --save_path of the user's replaces the default (and is passed once)
+source scripts/take_save_path.sh "runs/${name}-$(date +%Y%m%d-%H%M%S)" "$@"
 start=$(date +%s)
 "$PY" train.py "${args[@]}" --save_path "$save" ${user[@]+"${user[@]}"}
 run=$save

@@ -32,7 +32,22 @@ def test_factor_is_the_weighted_mean_of_sibling_log_residuals(series):
     residuals = np.log(1 / np.array([1.2, 0.9, 1.0]))
     expected = np.exp((weights * residuals).sum() / (weights.sum() + 0.03))
     np.testing.assert_allclose(correction.factors(valid), [expected])
-    np.testing.assert_allclose(correction.apply(valid, np.array([5.0])), [5.0 * expected])
+
+
+def test_condition_units_are_20_degrees_5_per_minute_and_log_time():
+    rows = pd.DataFrame({"Temperature1": [200.0, 240.0], "Temperature2": [200.0, 220.0], "Speed": [0.0, 10.0],
+                         "Time": [0.0, np.e - 1]})
+    distance = np.abs(np.diff(scaled_conditions(rows), axis=0)).sum()
+    assert distance == pytest.approx(40 / 20 + 20 / 20 + 10 / 5 + 1.0)
+
+
+def test_a_non_positive_prediction_gives_no_residual(series):
+    train, valid = series.iloc[:3], series.iloc[3:4]
+    predicted = train["Y1"].to_numpy() * np.array([1.2, 0.9, 1.0])
+    with_zero = SeriesCorrection.fit(train, np.array([predicted[0], predicted[1], 0.0]), scale=0.5, shrink=0.03)
+    without = SeriesCorrection.fit(train.iloc[:2], predicted[:2], scale=0.5, shrink=0.03)
+    assert np.isfinite(with_zero.factors(valid)).all()
+    np.testing.assert_allclose(with_zero.factors(valid), without.factors(valid))
 
 
 def test_exact_training_predictions_change_nothing(series):

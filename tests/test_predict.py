@@ -12,13 +12,14 @@ from sklearn.metrics import mean_absolute_error
 
 from nanocrystal.baselines import BlendModel
 from nanocrystal.cli import main
-from nanocrystal.config import ROOT, resolve
+from nanocrystal.config import ROOT, Config, resolve
 from nanocrystal.convert import RECIPE_HEADERS
 from nanocrystal.correction import SeriesCorrection
 from nanocrystal.design import DesignError, OUT_OF_DOMAIN_NM, coverage_warnings, design, loss, parse_vary
-from nanocrystal.encode import encode
+from nanocrystal.encode import encode, fit_encoder
 from nanocrystal.engine import ensemble_predict
-from nanocrystal.predict import (CACHE_FILE, load_predictor, load_run, read_recipes, save_table, shape_column,
+from nanocrystal.files import save_csvs
+from nanocrystal.predict import (CACHE_FILE, load_predictor, load_run, read_recipes, shape_column,
                                  training_positions)
 from nanocrystal.recipes import RecipeError
 from nanocrystal.runs import fold_data, load_fold_models, run_experiment
@@ -60,6 +61,17 @@ def test_ensemble_is_the_mean_of_the_fold_models(predictor, examples, size_run, 
     assert (prediction["shape"] == np.array(predictor.shapes)[shape["shape"].argmax(1)]).all()
 
 
+def test_each_fold_keeps_the_encoder_of_its_own_training_rows(size_run, table, dataset, descriptors):
+    cfg = Config.load(size_run / "config.json")
+    encoders = []
+    for fold in make_folds(table, cfg.split, cfg.n_folds, cfg.seed, cfg.object_name):
+        train = fold_data(cfg, table, fold, dataset.n_shapes).train
+        saved = load_fold_models(size_run / f"{fold.name}.pt", descriptors).encoder
+        assert saved == fit_encoder(train, descriptors, cfg.amount_scaling, cfg.use_product, cfg.size_as_input)
+        encoders.append(saved)
+    assert encoders[0] != encoders[1]  # the folds' scalers differ: each saw its own rows
+
+
 def test_example_file_reads_without_labels(examples):
     table = examples.table
     assert len(table) == 6 and table["ID"].tolist() == [1, 2, 3, 4, 5, 6]
@@ -99,7 +111,7 @@ def test_design_stays_in_ranges_and_repeats_with_the_seed(predictor, tmp_path):
     fixed = ["Temperature1", "Speed", "A1", "B1", "C1", "D1", "E1", "A2", "T2"]
     assert (table[fixed] == template[fixed].iloc[0]).all().all()  # nothing outside --vary changes
     assert table["loss"].is_monotonic_increasing
-    save_table(table, tmp_path / "design.csv")  # the design CSV reads back as recipes with the same predictions
+    save_csvs([(table, tmp_path / "design.csv")])  # the design CSV reads back as recipes with the same predictions
     again = predictor.predict(read_recipes(tmp_path / "design.csv", predictor.shapes).table)
     np.testing.assert_allclose(again["size_nm"], table["size_nm"], rtol=1e-6)
     assert first.warnings == []  # 120-220 °C, 1-30 min, 5-40 mmol OA: within the PbSe training recipes

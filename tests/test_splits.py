@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nanocrystal.recipes import evaluation_mask, series_keys
+from nanocrystal.recipes import evaluation_mask, is_solid, series_keys
 from nanocrystal.splits import grouped_folds, make_folds, paper_folds, product_folds, task_rows
 
 
@@ -61,3 +61,15 @@ def test_task_rows(table):
     shape = task_rows(table, everything, "shape")
     assert len(shape) == len(table)
     assert len(task_rows(table, everything, "shape", use_failures=False)) == 3489
+    failed, solid = table["failed"].to_numpy(), is_solid(table).to_numpy()
+    no_weak = task_rows(table, everything, "shape", use_weak=False)  # weak recipes leave, failed syntheses stay
+    assert failed[no_weak].sum() == failed.sum() and (solid | failed)[no_weak].all()
+    assert len(no_weak) == (solid | failed).sum()
+    no_large = task_rows(table, everything, "shape", use_large=False)
+    size_nm = table["Y1"].to_numpy()
+    assert not (size_nm[no_large] > 20).any() and len(no_large) == len(table) - (size_nm > 20).sum()
+
+
+def test_grouped_folds_depend_on_the_seed(table, grouped):
+    other = grouped_folds(table, 5, 1)
+    assert any(not np.array_equal(np.sort(a.valid), np.sort(b.valid)) for a, b in zip(grouped, other))

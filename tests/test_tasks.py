@@ -14,9 +14,9 @@ from nanocrystal.cli import config_from_args
 from nanocrystal.config import resolve
 from nanocrystal.encode import encode, fit_encoder
 from nanocrystal.engine import shape_loss, size_loss
-from nanocrystal.metrics import shape_metrics
+from nanocrystal.metrics import mean_metrics, shape_metrics, size_metrics
 from nanocrystal.recipes import has_size
-from nanocrystal.runs import fold_data, run_experiment, score
+from nanocrystal.runs import fold_data, run_experiment, score, val_selected
 from nanocrystal.splits import make_folds, paper_folds, product_folds
 from nanocrystal.report import load_run
 from nanocrystal.task_tables import lopo_table, main
@@ -90,6 +90,25 @@ def test_failure_rows_never_enter_the_shape_metrics(table):
     assert np.sum(result["confusion"]) == len(scored) == 124
     probabilities[len(scored):] = rng.dirichlet(np.ones(N_SHAPES), size=50)  # other guesses on failures: no change
     assert score(cfg, frame, {"shape": probabilities}, N_SHAPES) == result
+
+
+def test_size_metrics_and_fold_means_on_a_fixed_example():
+    result = size_metrics(np.array([2.0, 4.0, 10.0]), np.array([3.0, 3.0, 12.0]))  # errors 1, -1, 2
+    assert result["mae"] == pytest.approx(4 / 3) and result["mse"] == pytest.approx(2.0)
+    assert result["rmse"] == pytest.approx(np.sqrt(2.0))
+    assert result["mape"] == pytest.approx((1 / 2 + 1 / 4 + 2 / 10) / 3)
+    assert result["r2"] == pytest.approx(1 - 6 / (104 / 3))  # squared errors 6; spread around the mean 16/3: 104/3
+    assert mean_metrics([{"mae": 1.0}, {"mae": 2.0}, {"mae": 6.0}], ("mae",)) == {"mae": 3.0}
+
+
+def test_val_selected_takes_each_folds_best_point_on_its_own_rows():
+    curves = [{"fold": "fold0", "val_curve": [{"accuracy": 0.5, "epoch": 5}, {"accuracy": 0.8, "epoch": 10},
+                                              {"accuracy": 0.7, "epoch": 15}]},
+              {"fold": "fold1", "val_curve": [{"accuracy": 0.9, "epoch": 5}, {"accuracy": 0.6, "epoch": 10}]}]
+    chosen = val_selected(curves, ("accuracy",))
+    assert [p["epoch"] for p in chosen["per_fold"]] == [10, 5] and chosen["mean"] == {"accuracy": pytest.approx(0.85)}
+    sizes = [{"fold": "fold0", "val_curve": [{"mae": 2.0, "epoch": 5}, {"mae": 1.5, "epoch": 10}]}]
+    assert val_selected(sizes, ("mae",))["mean"] == {"mae": 1.5}  # MAE: the smallest
 
 
 def test_shape_metrics_match_scikit_learn_on_a_fixed_example():

@@ -74,6 +74,9 @@ def test_weak_rows_within_the_band_contribute_no_loss(fold0_data, descriptors):
     assert loss_weak_inside.item() == 0.0  # weak rows inside the band are skipped, exact solid rows cost 0
     solid_off = torch.cat([target[:2], inside[2:]])
     assert size_loss(solid_off, batch, cfg).item() > 0.0  # the same error on solid rows counts
+    outside = target * 1.2  # beyond the 15% band: a weak row counts like a solid one
+    weak_off = size_loss(torch.cat([outside[:2], target[2:]]), batch, cfg).item()
+    assert weak_off > 0.0
 
 
 def test_loss_decreases(fold0_data, descriptors):
@@ -187,6 +190,20 @@ def test_bad_task_split_resume_or_config_file_are_refused(tmp_path, capsys):
         run_experiment(config_from_args(["--preset", "tiny", "--resume"]))
     assert train_main(["--config", str(tmp_path / "absent.json")]) == 2
     assert "absent.json" in capsys.readouterr().err
+    saved = tmp_path / "config.json"
+    saved.write_text(config_from_args([]).to_json())
+    with pytest.raises(ValueError, match="--preset cannot be combined with --config"):  # it would apply no values
+        config_from_args(["--config", str(saved), "--preset", "tiny"])
+
+
+def test_help_shows_the_defaults_a_run_gets():
+    from nanocrystal.cli import config_parser
+
+    cpu = config_from_args([])
+    assert (cpu.preset, cpu.tree_blend, cpu.lgbm_seeds, cpu.series_correction) == ("cpu", 0.8, 3, True)
+    helps = {a.dest: a.help for a in config_parser()._actions if a.option_strings[:1] == [f"--{a.dest}"]}
+    assert helps["tree_blend"] == "(default 0.8)" and helps["lgbm_seeds"] == "(default 3)"
+    assert helps["series_correction"] == "(default True)" and helps["preset"] == "(default 'cpu')"
 
 
 def test_results_are_written_with_the_usual_file_mode(tmp_path):

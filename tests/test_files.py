@@ -1,0 +1,33 @@
+"""Output files (files.py): a failed write leaves the old file and no temp file behind."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from nanocrystal.files import save_csvs, write_atomic, write_text
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
+    target = tmp_path / "metrics.json"
+    write_text(target, "old")
+
+    def half_then_fail(temp):
+        temp.write_text("half")
+        assert target.read_text() != "half"  # the reader still sees the old file while writing
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        write_atomic(target, half_then_fail)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_save_csvs_checks_every_target_before_writing_any(tmp_path):
+    frame = pd.DataFrame({"ID": [1], "size_nm": [3.25]})
+    existing = tmp_path / "b.csv"
+    existing.write_text("keep")
+    with pytest.raises(FileExistsError, match="b.csv: exists; pass --force"):
+        save_csvs([(frame, tmp_path / "a.csv"), (frame, existing)])
+    assert not (tmp_path / "a.csv").exists() and existing.read_text() == "keep"
+    save_csvs([(frame, tmp_path / "a.csv"), (frame, existing)], force=True)
+    assert pd.read_csv(existing).equals(frame)
