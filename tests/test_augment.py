@@ -52,7 +52,8 @@ def recipes(draw):
     return row_names, row_amounts
 
 
-@settings(max_examples=150, deadline=None)
+# derandomize: the same examples on every run, so a failure seen in CI reproduces
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(recipes(), st.integers(0, 2**32 - 1))
 def test_rules_keep_amounts_valid_and_mass_balanced(recipe, seed):
     names, amounts = recipe
@@ -67,7 +68,7 @@ def test_rules_keep_amounts_valid_and_mass_balanced(recipe, seed):
     assert (names, amounts) == recipe  # inputs untouched
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50, deadline=None, derandomize=True)
 @given(recipes(), st.integers(0, 2**32 - 1))
 def test_same_seed_same_output(recipe, seed):
     first = augment_recipe(*recipe, FAKE_INDEX, np.random.default_rng(seed))
@@ -83,7 +84,7 @@ def _table(rows: list[tuple[list[str], list[float]]], conditions: list[float]) -
     return frame[list(REQUIRED_COLUMNS)]
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=12, deadline=None, derandomize=True)
 @given(st.lists(recipes(), min_size=1, max_size=4), st.lists(st.floats(0, 400), min_size=5, max_size=5),
        st.integers(1, 6), st.integers(0, 2**32 - 1))
 def test_table_copies_everything_but_the_slots(rows, conditions, k, seed):

@@ -156,6 +156,15 @@ def test_a_shape_run_writes_metrics_confusion_probabilities_and_upstream_log_lin
         assert float(line.rsplit(" ", 1)[1]) == pytest.approx(metrics["mean"][name], abs=1e-4)
 
 
+def test_the_run_confusion_matrix_sums_the_folds(shape_run):
+    metrics = json.loads((shape_run / "metrics.json").read_text())
+    folds = [json.loads((shape_run / f"{fold['fold']}.json").read_text()) for fold in metrics["per_fold"]]
+    assert len(folds) == 2
+    np.testing.assert_array_equal(metrics["confusion"], np.sum([f["metrics"]["confusion"] for f in folds], axis=0))
+    oof = pd.read_csv(shape_run / "oof_predictions.csv")
+    assert np.sum(metrics["confusion"]) == len(oof) == 617
+
+
 def test_best_cls_prints_the_shape_run_beside_the_paper(tiny_shape_run, capsys):
     assert main(["shape", str(tiny_shape_run)]) == 0
     metrics = json.loads((tiny_shape_run / "metrics.json").read_text())

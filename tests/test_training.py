@@ -10,7 +10,7 @@ import torch
 
 from nanocrystal.cli import config_from_args
 from nanocrystal.config import resolve
-from nanocrystal.encode import encode, fit_encoder
+from nanocrystal.encode import MEASURED_SIZE, encode, fit_encoder
 from nanocrystal.engine import ensemble_predict, epoch_order, size_loss, train_member
 from nanocrystal.runs import (RunError, fold_data, inner_fold, load_fold_models, make_model_factory,
                               run_experiment)
@@ -62,6 +62,26 @@ def _same_fold(data):
 
     n_train = len(data.train)
     return Fold(0, "fold0", np.arange(n_train), np.arange(n_train, n_train + len(data.valid)))
+
+
+def test_weak_rows_are_those_counted_on_fewer_than_300_particles(fold0_data):
+    _, data = fold0_data
+    np.testing.assert_array_equal(data.train_weak, data.train["Num"].to_numpy() < 300)
+    assert 0 < data.train_weak.sum() < len(data.train)
+
+
+def test_the_measured_size_and_the_product_token_enter_only_when_asked(fold0_data, descriptors):
+    _, data = fold0_data
+    rows = data.train.head(8)
+    plain = encode(rows, fit_encoder(data.train, descriptors, "log", False, False))
+    assert MEASURED_SIZE not in fit_encoder(data.train, descriptors, "log", False, False).condition_names
+    assert not (plain.present & plain.is_product).any()  # --no-use_product: no product token at all
+    encoder = fit_encoder(data.train, descriptors, "log", True, True)
+    column = encoder.condition_names.index(MEASURED_SIZE)
+    batch = encode(rows, encoder)
+    expected = (np.log(rows["Y1"].to_numpy()) - encoder.condition_center[column]) / encoder.condition_scale[column]
+    np.testing.assert_allclose(batch.conditions[:, column].numpy(), expected, rtol=1e-5)
+    assert (batch.present & batch.is_product).sum(axis=1).eq(1).all()  # one product token per recipe
 
 
 def test_weak_rows_within_the_band_contribute_no_loss(fold0_data, descriptors):
@@ -156,6 +176,10 @@ def test_resume_trains_only_the_missing_folds(tiny_run, tmp_path):
     run_experiment(cfg)
     assert (copy / "fold0.json").read_text() == kept  # fold 0 was not retrained
     assert json.loads((copy / "metrics.json").read_text())["per_fold"][1]["fold"] == "fold1"
+    changed = config_from_args(["--config", str(tiny_run / "config.json"), "--save_path", str(copy), "--resume",
+                                "--epochs", "2"])
+    with pytest.raises(RunError, match="--resume needs the same config"):  # its folds would not be one run
+        run_experiment(changed)
 
 
 def test_config_file_reruns_the_same_run(tiny_run, tmp_path):
