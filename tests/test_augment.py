@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 
 from nanocrystal.augment import (AUG_ID_BASE, MANIFEST, AugmentError, augment_recipe, augment_table, content_keys,
                                  fold_tables, load_augmented, pair_index, write_folder)
+from nanocrystal.config import resolve
 from nanocrystal.recipes import (AMOUNT_COLUMNS, EMPTY_NAME, NAME_COLUMNS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS,
                                  SLOTS)
+from nanocrystal.runs import fold_data, inner_fold
 from nanocrystal.splits import make_folds
 
 REAGENTS = ["P", "Q", "R", "S", "T", "U", "V", "W", "X", "Y", "Z", "OA", "OLA", "TOP"]
@@ -163,6 +165,21 @@ def test_fold_files_exclude_validation_rows_and_duplicates(small, tmp_path):
         assert rows["ID"].is_unique
     # the slice has recipes with no possible intermediate and repeated outcomes: both are counted as dropped
     assert all(0 < e["dropped"] < e["generated"] for e in manifest["files"].values())
+
+
+def test_a_run_adds_only_rows_made_from_its_own_training_rows(small, tmp_path):
+    part, folds, _, generated, selections = small
+    settings_ = {"split": "paper", "seed": 0, "n_folds": 5, "object_name": [], "k": 3, "augment_seed": 0}
+    write_folder(tmp_path, generated, selections, settings_, {}, overwrite=False)
+    source = load_augmented(tmp_path, "paper", 0, 5, [], "fold0", N_SHAPES).set_index("ID")["source_ID"]
+    cfg = resolve("tiny", {"task": "size", "augmented": str(tmp_path), "inner_val_frac": 0.3})
+    outer = fold_data(cfg, part, folds[0], N_SHAPES)
+    inner = fold_data(cfg, part, inner_fold(part, folds[0], cfg), N_SHAPES)  # tuning: the same file, fewer sources
+    for data in (outer, inner):
+        added = data.train["ID"][data.train_augmented]
+        assert len(added) > 0 and data.train_weak[data.train_augmented].all()  # untrusted: the tolerance band
+        assert source.loc[added].isin(data.train["ID"][~data.train_augmented]).all()
+    assert len(inner.train[inner.train_augmented]) < len(outer.train[outer.train_augmented])
 
 
 def test_loader_refuses_other_folds_and_changed_files(small, tmp_path):
