@@ -84,6 +84,13 @@ def make_logger(run_dir: Path) -> logging.Logger:
     return logger
 
 
+def close_logger(logger: logging.Logger) -> None:
+    """The run's log file is closed when the run ends (a process may run many runs, as the tests do)."""
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)
+
+
 # ---- one fold --------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -348,24 +355,27 @@ def run_experiment(cfg: Config, command: str = "") -> Path:
         raise RunError(str(error)) from error
     run_dir = open_run_dir(cfg)
     logger = make_logger(run_dir)
-    logger.info(f"run {run_dir} ({command or 'train.py'})")
-    missing = unknown_substances(dataset.recipes, fit_encoder(dataset.recipes.head(5), store, "log", True, False))
-    if missing:
-        logger.info(f"{len(missing)} substances without a descriptor (used as zeros): {missing}")
-    pending = [f for f in folds if not (run_dir / f"{f.name}.json").exists()]
-    for done in folds:
-        if done not in pending:
-            logger.info(f"{done.name}: done earlier, kept (resume)")
-    if cfg.workers > 1 and len(pending) > 1:
-        # small models use one core badly; whole folds in parallel processes use them well
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(cfg.workers, len(pending)), mp_context=context) as pool:
-            for future in [pool.submit(run_fold, cfg, run_dir, fold) for fold in pending]:
-                future.result()
-    else:
-        for fold in pending:
-            run_fold(cfg, run_dir, fold)
-    finish_run(cfg, run_dir, folds, logger, command, time.time() - start)
+    try:  # the log file is closed however the run ends
+        logger.info(f"run {run_dir} ({command or 'train.py'})")
+        missing = unknown_substances(dataset.recipes, fit_encoder(dataset.recipes.head(5), store, "log", True, False))
+        if missing:
+            logger.info(f"{len(missing)} substances without a descriptor (used as zeros): {missing}")
+        pending = [f for f in folds if not (run_dir / f"{f.name}.json").exists()]
+        for done in folds:
+            if done not in pending:
+                logger.info(f"{done.name}: done earlier, kept (resume)")
+        if cfg.workers > 1 and len(pending) > 1:
+            # small models use one core badly; whole folds in parallel processes use them well
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(cfg.workers, len(pending)), mp_context=context) as pool:
+                for future in [pool.submit(run_fold, cfg, run_dir, fold) for fold in pending]:
+                    future.result()
+        else:
+            for fold in pending:
+                run_fold(cfg, run_dir, fold)
+        finish_run(cfg, run_dir, folds, logger, command, time.time() - start)
+    finally:
+        close_logger(logger)
     return run_dir
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 from .report import PAPER_LOPO_MAE, ReportError, Run, load_run, shape_table
 
 
-def lopo_table(run: Run) -> pd.DataFrame:
+def product_table(run: Run) -> pd.DataFrame:
     """One row per held-out product: validation rows, MAE, MAPE, R² (metrics.json per_fold), the paper's
     pretrain-finetune MAE and our MAE minus it (negative = better than the paper)."""
     if run.metrics["split"] != "lopo" or run.metrics["task"] != "size":
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(val_selected_line(run))
         else:
             for run in runs:
-                print(lopo_table(run).to_string(float_format=lambda x: f"{x:.4f}", na_rep="-"))
+                print(product_table(run).to_string(float_format=lambda x: f"{x:.4f}", na_rep="-"))
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

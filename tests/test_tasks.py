@@ -19,7 +19,7 @@ from nanocrystal.recipes import has_size
 from nanocrystal.runs import fold_data, run_experiment, score, val_selected
 from nanocrystal.splits import make_folds, paper_folds, product_folds
 from nanocrystal.report import load_run
-from nanocrystal.task_tables import lopo_table, main
+from nanocrystal.task_tables import main, product_table
 
 PRODUCTS = ["PbSe", "Ag2S", "Ni", "Cs2NaBiCl6"]
 N_SHAPES = 11
@@ -179,13 +179,13 @@ def test_best_cls_prints_the_shape_run_beside_the_paper(tiny_shape_run, capsys):
     assert "not a leave-one-product-out size run" in capsys.readouterr().err
 
 
-def test_lopo_table_reads_each_product_beside_the_paper(tmp_path):
+def test_product_table_reads_each_product_beside_the_paper(tmp_path):
     per_fold = [{"fold": p, "mae": 1.0 + k, "mape": 0.1 * k, "r2": 0.5, "mse": 0, "rmse": 0, "wall_s": 1}
                 for k, p in enumerate(["Ni", "Au"])]
     metrics = {"task": "size", "model": "transformer", "split": "lopo", "mean": {}, "per_fold": per_fold}
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     pd.DataFrame({"fold": ["Ni"] * 3 + ["Au"] * 2}).to_csv(tmp_path / "oof_predictions.csv", index=False)
-    table = lopo_table(load_run(tmp_path))
+    table = product_table(load_run(tmp_path))
     assert table.loc["Ni"].to_dict() == pytest.approx(
         {"n": 3, "mae": 1.0, "mape": 0.0, "r2": 0.5, "paper_mae": 2.0056, "mae_minus_paper": 1.0 - 2.0056})
     assert table.loc["Au", "n"] == 2 and np.isnan(table.loc["Au", "paper_mae"])

@@ -133,6 +133,14 @@ def tiny_run(tmp_path_factory):
     return run_dir
 
 
+def test_a_finished_run_closes_its_log_file(tiny_run):
+    import logging
+
+    handlers = logging.getLogger(f"nanocrystal.{tiny_run}").handlers  # pytest adds its own capture handlers
+    assert not [h for h in handlers if isinstance(h, logging.FileHandler) or type(h) is logging.StreamHandler]
+    assert "- eval - mae:" in (tiny_run / "log.txt").read_text()
+
+
 def test_run_folder_holds_everything(tiny_run):
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert [f["fold"] for f in metrics["per_fold"]] == ["fold0", "fold1"]
