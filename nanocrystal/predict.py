@@ -30,11 +30,11 @@ from sklearn.neighbors import NearestNeighbors
 
 from .config import Config
 from .convert import convert_file
-from .files import write_atomic
 from .correction import SeriesCorrection
 from .descriptors import load_descriptors
 from .encode import Encoder, encode, unknown_substances
 from .engine import predict as model_predict
+from .files import write_atomic
 from .recipes import (AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, LABEL_COLUMNS, NAME_COLUMNS, PRODUCT_NAME,
                       SHAPES_FILE, UNKNOWN, RecipeError, load_dataset, load_shapes, read_csv_raw,
                       read_frame)

@@ -1,6 +1,9 @@
 """Output files (files.py): a failed write leaves the old file and no temp file behind."""
 from __future__ import annotations
 
+import os
+import stat
+
 import pandas as pd
 import pytest
 
@@ -31,3 +34,13 @@ def test_save_csvs_checks_every_target_before_writing_any(tmp_path):
     assert not (tmp_path / "a.csv").exists() and existing.read_text() == "keep"
     save_csvs([(frame, tmp_path / "a.csv"), (frame, existing)], force=True)
     assert pd.read_csv(existing).equals(frame)
+
+
+def test_results_are_written_with_the_usual_file_mode(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        write_text(tmp_path / "note.txt", "x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "note.txt").stat().st_mode) == 0o644  # not mkstemp's owner-only 0600
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

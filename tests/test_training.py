@@ -236,18 +236,3 @@ def test_help_shows_the_defaults_a_run_gets():
     helps = {a.dest: a.help for a in config_parser()._actions if a.option_strings[:1] == [f"--{a.dest}"]}
     assert helps["tree_blend"] == "(default 0.8)" and helps["lgbm_seeds"] == "(default 3)"
     assert helps["series_correction"] == "(default True)" and helps["preset"] == "(default 'cpu')"
-
-
-def test_results_are_written_with_the_usual_file_mode(tmp_path):
-    import os
-    import stat
-
-    from nanocrystal.files import write_text
-
-    mask = os.umask(0o022)
-    try:
-        write_text(tmp_path / "note.txt", "x")
-    finally:
-        os.umask(mask)
-    assert stat.S_IMODE((tmp_path / "note.txt").stat().st_mode) == 0o644  # not mkstemp's owner-only 0600
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
