@@ -60,7 +60,7 @@ def test_report_writes_markdown_and_figures_repeatably(tmp_path, runs):
     pd.DataFrame({"true": [12.0, 5.0, 8.0], "pred": [11.0, 6.0, 8.5]}).to_csv(paper, index=False)
     out, assets = tmp_path / "docs" / "results.md", tmp_path / "assets"
     readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n{README_BEGIN}\nold\n{README_END}\nafter\n")
+    readme.write_text(f"# title\n## Results\n{README_BEGIN}\nold\n{README_END}\nafter\n")
     dirs = [str(p) for p in sorted(FIXTURES.iterdir())]
 
     text = report(dirs, out, assets, shapes, paper, readme)
@@ -71,6 +71,7 @@ def test_report_writes_markdown_and_figures_repeatably(tmp_path, runs):
         assert (assets / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     readme_text = readme.read_text()
     assert "\nold\n" not in readme_text and readme_text.endswith(f"{README_END}\nafter\n")
+    assert readme_text.count("## Results") == 1 and text.startswith("## Results\n")  # the README keeps its own
     assert "![size_parity.png](assets/size_parity.png)" in readme_text
     first = {p.name: p.read_bytes() for p in assets.iterdir()}
     assert report(dirs, out, assets, shapes, paper) == text  # regenerates the same text and images
