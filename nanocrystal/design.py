@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 import optuna
@@ -174,8 +175,10 @@ class Design:
 
 
 def design(predictor: Predictor, template: pd.DataFrame, target_size: float, ranges: list[Range],
-           target_shape: str | None = None, top: int = 5, trials: int = 256, seed: int = 0) -> Design:
-    """Search the ranges with TPE(seed) in batches; return the `top` distinct candidates by loss."""
+           target_shape: str | None = None, top: int = 5, trials: int = 256, seed: int = 0,
+           on_batch: Optional[Callable[[int, int, float], None]] = None) -> Design:
+    """Search the ranges with TPE(seed) in batches; return the `top` distinct candidates by loss. `on_batch`
+    (progress: a bar in the CLI or the app) is called after each batch with (evaluated, trials, best loss so far)."""
     if len(template) != 1:
         raise DesignError([f"the template must hold exactly one recipe (it holds {len(template)})"])
     if target_shape is not None:
@@ -200,6 +203,8 @@ def design(predictor: Predictor, template: pd.DataFrame, target_size: float, ran
         for trial, value in zip(asked, values):
             study.tell(trial, float(value))
         seen.append(pd.concat([table, prediction, pd.DataFrame({"loss": values})], axis=1))
+        if on_batch is not None:
+            on_batch(start + len(asked), trials, study.best_value)
     found = pd.concat(seen, ignore_index=True).sort_values("loss", kind="stable")
     best = distinct_best(found, ranges, top)
     best["ID"] = np.arange(1, len(best) + 1)

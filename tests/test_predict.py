@@ -120,7 +120,12 @@ def test_design_stays_in_ranges_and_repeats_with_the_seed(predictor, tmp_path):
     wide = parse_vary(["Temperature2=100:300"], template.iloc[0])
     assert coverage_warnings(predictor, "PbSe", wide) == [
         "Temperature2: range 100..300 reaches beyond the training recipes of PbSe (30..240)"]
-    pd.testing.assert_frame_equal(table, design(predictor, template, 8.0, ranges, "sphere", 5, 48, seed=3).table)
+    progress = []  # (evaluated, trials, best loss so far) after each batch
+    again = design(predictor, template, 8.0, ranges, "sphere", 5, 48, seed=3,
+                   on_batch=lambda *state: progress.append(state))
+    pd.testing.assert_frame_equal(table, again.table)
+    assert [(done, total) for done, total, _ in progress] == [(32, 48), (48, 48)]
+    assert progress[-1][2] == table["loss"].min() and progress[0][2] >= progress[-1][2]
     other = design(predictor, template, 8.0, ranges, "sphere", 5, 48, seed=4).table
     assert not table[["Temperature2", "Time", "F1"]].equals(other[["Temperature2", "Time", "F1"]])
 
