@@ -83,3 +83,32 @@ class SeriesCorrection:
     def from_state(cls, state: dict) -> "SeriesCorrection":
         return cls(np.asarray(state["keys"], dtype=object), state["conditions"].numpy(),
                    state["log_residuals"].numpy(), float(state["scale"]), float(state["shrink"]))
+
+
+@dataclass(frozen=True)
+class Siblings:
+    """A model's training rows with a size, by recipe series: whether a recipe's series has training rows (seen), and
+    how close they are (proximity: the sum of exp(-d / scale) over them, the series correction's weights)."""
+    keys: np.ndarray
+    conditions: np.ndarray
+    scale: float
+
+    @classmethod
+    def of(cls, train: pd.DataFrame, scale: float) -> "Siblings":
+        rows = train[has_size(train).to_numpy()]
+        return cls(series_keys(rows).to_numpy(object), scaled_conditions(rows), scale)
+
+    def proximity(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(seen, proximity) of each row of `table`."""
+        seen, proximity = np.zeros(len(table), bool), np.zeros(len(table))
+        for row, _, weights in siblings(self.keys, self.conditions, table, self.scale):
+            seen[row], proximity[row] = True, weights.sum()
+        return seen, proximity
+
+    def to_state(self) -> dict:
+        return {"keys": [str(k) for k in self.keys], "conditions": torch.from_numpy(self.conditions),
+                "scale": self.scale}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Siblings":
+        return cls(np.asarray(state["keys"], dtype=object), state["conditions"].numpy(), float(state["scale"]))
