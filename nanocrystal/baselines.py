@@ -37,7 +37,7 @@ from .splits import inner_groups, inner_pool
 INNER_FOLDS = 3
 
 # Size models fit log(size) and predict exp of it: sizes are positive and their errors grow with them. Inner 3-fold CV
-# over the training rows of all 5 paper-split folds (2,468 scored predictions, docs/size_ablations.md): LightGBM
+# over the training rows of all 5 paper-split folds (2,468 scored predictions, docs/size_model.md): LightGBM
 # 1.766 -> 1.737 nm, random forest 1.766 -> 1.738, extra trees 1.741 -> 1.718.
 SIZE_TARGET = (np.log, np.exp)
 
@@ -45,7 +45,7 @@ SIZE_TARGET = (np.log, np.exp)
 # noisy (few particles counted) but plentiful. Shape: 1, as in the transformer's shape loss; the particle count
 # concerns the size statistics, not the shape seen on the micrographs.
 WEAK_WEIGHTS: dict[str, tuple[float, ...]] = {"size": (0.1, 0.3, 1.0), "shape": (1.0,)}
-# Extra trees for size: weight 1, fixed (inner CV, docs/size_ablations.md: 1.697 nm against 1.718 at 0.3 and 1.714 at
+# Extra trees for size: weight 1, fixed (inner CV, docs/size_model.md: 1.697 nm against 1.718 at 0.3 and 1.714 at
 # 0.1); a third of the selection time, which the cpu preset's blend pays in every fold.
 FIXED_WEAK_WEIGHTS: dict[tuple[str, str], tuple[float, ...]] = {("et", "size"): (1.0,)}
 
@@ -188,7 +188,7 @@ def fit_predict(cfg: Config, store: DescriptorStore, train: pd.DataFrame, weak: 
 
 def loss_params(cfg: Config) -> dict[str, Any]:
     """--lgbm_huber_delta: LightGBM's size loss on log(size) becomes Huber. Alone it scores worse than squared error,
-    but its training residuals leave more for the series correction (inner CV, docs/size_ablations.md, session 5)."""
+    but its training residuals leave more for the series correction (inner CV, docs/size_model.md)."""
     if cfg.model == "lgbm" and cfg.task == "size" and cfg.lgbm_huber_delta > 0:
         return {"objective": "huber", "alpha": cfg.lgbm_huber_delta}
     return {}
@@ -230,7 +230,7 @@ def selection_summary(model: str, task: str) -> str:
 
 def model_seeds(cfg: Config) -> list[int]:
     """LightGBM is refitted with `lgbm_seeds` seeds and averaged: its column sampling makes one fit noisy (inner CV,
-    docs/size_ablations.md, session 5). The forests already average their trees."""
+    docs/size_model.md). The forests already average their trees."""
     return [cfg.seed + k for k in range(cfg.lgbm_seeds if cfg.model == "lgbm" else 1)]
 
 

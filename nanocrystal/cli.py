@@ -1,4 +1,5 @@
-"""`python -m nanocrystal <command>`: fetch, validate, convert, report, predict, design."""
+"""`python -m nanocrystal <command>` (or `nanocrystal <command>`): fetch, validate, convert, train, report, predict,
+design."""
 from __future__ import annotations
 
 import argparse
@@ -212,6 +213,10 @@ def train_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    return train_main(args.args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nanocrystal", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -220,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--root", default=str(ROOT), help="project folder that receives data/ and feats/")
     fetch.add_argument("--mirror", default=None, help="local copy of the upstream repository files")
     fetch.set_defaults(handler=cmd_fetch)
+
+    # every Config field is a flag of train.py's own parser: pass the arguments through untouched ("\0": no options)
+    train = commands.add_parser("train", help="train and evaluate over the folds of a split, as `python train.py` "
+                                "(`nanocrystal train --help` lists the flags)", add_help=False, prefix_chars="\0")
+    train.add_argument("args", nargs=argparse.REMAINDER)
+    train.set_defaults(handler=cmd_train)
 
     validate = commands.add_parser("validate", help="check a recipe CSV and print a summary, or every error")
     validate.add_argument("file")

@@ -131,8 +131,8 @@ class Config:
 PRESETS: dict[str, dict] = {
     # the transformer ensemble averaged with the fold's LightGBM and extra trees at weight 0.8, then (size) the series
     # correction: models, weight and correction were chosen on inner validation, for size and for shape
-    # (docs/size_ablations.md, docs/shape_and_lopo.md); for size, LightGBM is 3 seeds' mean with a Huber loss
-    # (session 5; best_cls.sh keeps shape's validated single LightGBM, baselines.sh LightGBM's squared error)
+    # (docs/size_model.md, docs/shape.md); for size, LightGBM is 3 seeds' mean with a Huber loss
+    # (best_cls.sh keeps shape's validated single LightGBM, baselines.sh LightGBM's squared error)
     "cpu": dict(workers=2, tree_blend=0.8, blend_models=["lgbm", "et"], lgbm_seeds=3, lgbm_huber_delta=0.05,
                 series_correction=True),
     "tiny": dict(d_model=16, depth=1, n_heads=2, d_ffn=32, epochs=3, batch_size=256, n_members=1, snapshots=1,

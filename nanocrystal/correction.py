@@ -9,7 +9,7 @@ rows; fully grown extra trees leave none). Siblings of a new recipe share most o
 
 and a recipe without siblings keeps its prediction. Siblings are the training rows of the same series with a size
 (0 < size <= 20 nm), weak ones included. Scale and shrink were chosen on inner cross-validation over the training
-rows of the paper split (docs/size_ablations.md, session 4).
+rows of the paper split (docs/size_model.md).
 """
 from __future__ import annotations
 

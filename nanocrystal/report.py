@@ -1,7 +1,8 @@
 """Comparison tables and figures from run folders' metrics.json, with the paper's figures in their own column.
 
 `python -m nanocrystal report RUN_DIR... [--out docs/results.md] [--assets assets] [--readme README.md]` writes a
-markdown report (and, with --readme, the block between README's results markers) plus PNG figures. Everything is
+markdown report of every run (and, with --readme, the block between README's results markers: the rows of
+`readme_runs`) plus PNG figures. Everything is
 derived from the run folders and the paper's published numbers, so it regenerates; every file is written atomically.
 """
 from __future__ import annotations
@@ -184,6 +185,40 @@ def uncertainty_table(runs: list[Run]) -> str:
     header = ["model", "task", "split", "confidence", "coverage", "seen series", "new series", "mean width (nm)",
               "baseline width (nm)", "set coverage", "mean set size", "command"]
     return _markdown(header, rows)
+
+
+def _has_paper_figure(run: Run) -> bool:
+    """Whether the paper reports a figure for this run's model on its task and split (the tables' paper columns)."""
+    metrics = run.metrics
+    if metrics["split"] == "lopo":
+        return metrics["model"] == "transformer"  # the paper's per-product figures are its transformer's
+    if metrics["split"] != "paper":
+        return False
+    if metrics["task"] == "shape":
+        return bool(run.config.get("size_as_input")) and metrics["model"] in PAPER_SHAPE_ACCURACY
+    return metrics["model"] in PAPER_SIZE
+
+
+def readme_runs(runs: list[Run]) -> list[Run]:
+    """The rows a README reader needs: the best run of each task and split (for shape, of each input mode; for
+    leave-one-product-out, by the mean over its products), and the best run of each model the paper reports a figure
+    for, beside it. Every run stays in the full report (docs/results.md)."""
+    def best_of(group: list[Run]) -> Run:
+        if group[0].metrics["task"] == "shape":
+            return max(group, key=lambda r: (r.metrics["mean"]["accuracy"], str(r.path)))
+        return min(group, key=lambda r: (r.metrics["mean"]["mae"], str(r.path)))
+
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        metrics = run.metrics
+        if ("accuracy" if metrics["task"] == "shape" else "mae") not in metrics["mean"]:
+            continue
+        where = (metrics["task"], metrics["split"], metrics["task"] == "shape" and bool(run.config.get("size_as_input")))
+        groups.setdefault(where, []).append(run)
+        if _has_paper_figure(run):
+            groups.setdefault((*where, metrics["model"]), []).append(run)
+    chosen = {id(best_of(group)) for group in groups.values()}
+    return [run for run in runs if id(run) in chosen]
 
 
 # ---- figures ---------------------------------------------------------------------------------------------------------
@@ -499,6 +534,6 @@ def report(run_dirs: list[str], out: Path, assets: Path, shapes_path: Path, pape
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, text)
     if readme is not None:
-        block = render(runs, figures, assets, readme, heading=False)
+        block = render(readme_runs(runs), figures, assets, readme, heading=False)
         write_text(readme, replace_block(readme.read_text(), block, str(readme)))
     return text

@@ -1,4 +1,4 @@
-"""predict and design on tiny real runs (conftest.py: size_run, shape_run), built once per session."""
+"""predict and design on tiny real runs (conftest.py: size_run, shape_run), built once per test run."""
 from __future__ import annotations
 
 import json

@@ -113,7 +113,7 @@ def test_loss_decreases(fold0_data, descriptors):
 def test_an_epoch_takes_every_recipe_row_and_a_fresh_share_of_the_failures():
     failed = torch.arange(4000) >= 1000  # 1,000 recipe rows, then 3,000 failures
     full = epoch_order(failed, 1.0, torch.Generator().manual_seed(0))
-    assert torch.equal(full, torch.randperm(4000, generator=torch.Generator().manual_seed(0)))  # as before the option
+    assert torch.equal(full, torch.randperm(4000, generator=torch.Generator().manual_seed(0)))  # share 1: a plain permutation
     generator = torch.Generator().manual_seed(0)
     first, second = epoch_order(failed, 0.2, generator), epoch_order(failed, 0.2, generator)
     for order in (first, second):
