@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # LightGBM is imported only when a run has a blend (runs.load
     from .baselines import TreeBlend
 
 CACHE_FILE = "applicability.npz"
-CACHE_VERSION = "4"  # change when the reference computation changes: old caches are then recomputed
+CACHE_VERSION = "5"  # change when the reference computation changes: old caches are then recomputed
 THRESHOLD_PERCENTILE = 99.0
 EMBED_BATCH = 2048
 WARNING_COLUMN = "warning"
@@ -55,6 +55,7 @@ OUTSIDE_COLUMN = "outside_training"
 OUTPUT_COLUMNS = ("product", "size_nm", "size_lo", "size_hi", "seen_series", "p_within", "size_std", "shape",
                   "shape_set", "p_failed", "domain_distance", OUTSIDE_COLUMN, "in_domain", WARNING_COLUMN, "loss")
 DEFAULT_CONFIDENCE = 0.9
+NEW_PRODUCT = "product (no training recipe makes it)"
 PROB_PREFIX = "prob_"
 
 
@@ -132,6 +133,7 @@ class Run:
     folds: list[FoldModels]
     low: np.ndarray  # training_range: smallest value of each condition, then of any reagent amount
     high: np.ndarray
+    products: frozenset[str]  # the products of its training recipes
 
 
 def training_positions(cfg: Config, table: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -220,8 +222,9 @@ def reference_arrays(run_dir: Path, cfg: Config, loaded: dict) -> dict[str, np.n
         return cached
     table = combined_table(load_dataset(cfg.data_dir))
     positions = training_positions(cfg, table)
-    low, high = training_range(table.iloc[np.unique(np.concatenate(list(positions.values())))])
-    arrays = {"range_low": low, "range_high": high}
+    train_all = table.iloc[np.unique(np.concatenate(list(positions.values())))]
+    low, high = training_range(train_all)
+    arrays = {"range_low": low, "range_high": high, "products": np.array(sorted(set(train_all[PRODUCT_NAME])), str)}
     for name, (encoder, members) in loaded.items():
         if name not in positions:
             raise PredictError(f"{run_dir / name}.pt: no fold {name!r} in the run's split")
@@ -264,7 +267,7 @@ def load_run(path: str | Path) -> Run:
                                    float(arrays[f"{name}__{k}__threshold"])) for k in range(len(saved.members))],
                         saved.trees, saved.correction, saved.calibration)
              for name, saved in loaded.items()]
-    return Run(run_dir, cfg, folds, arrays["range_low"], arrays["range_high"])
+    return Run(run_dir, cfg, folds, arrays["range_low"], arrays["range_high"], frozenset(arrays["products"].tolist()))
 
 
 # ---- prediction ------------------------------------------------------------------------------------------------------
@@ -381,8 +384,11 @@ class Predictor:
             out["p_failed"] = np.mean([p["failed"] for p in shape.per_model], axis=0)
             distance, outside = np.maximum(distance, shape.domain_distance), outside | shape.outside
         out["domain_distance"] = distance
-        out[OUTSIDE_COLUMN] = outside_labels(table, outside)
-        out["in_domain"] = (distance <= 1.0) & ~outside.any(1)
+        # a product no training recipe makes: its intervals are calibrated on products the model has seen
+        new_product = ~table[PRODUCT_NAME].isin(self.size.products).to_numpy()
+        out[OUTSIDE_COLUMN] = [", ".join(filter(None, [label, NEW_PRODUCT if new else ""]))
+                               for label, new in zip(outside_labels(table, outside), new_product)]
+        out["in_domain"] = (distance <= 1.0) & ~outside.any(1) & ~new_product
         return out
 
 

@@ -274,11 +274,12 @@ def calibrated_outputs(cfg: Config, calibration: FoldCalibration, valid: pd.Data
     return {**outputs, "set": calibration.shape.sets(prediction["shape"], cfg.confidence)}
 
 
-def calibrate(cfg: Config, data: FoldData, fit_predict) -> FoldCalibration:
-    """Calibrate on the out-of-fold predictions of the fold's training rows like its validation rows: `cfg.calibration_
-    folds` inner folds (grouped as the outer split: series for the grouped split, products for leave-one-product-out),
-    each scored by `fit_predict` fitted on the rest of the training rows. Augmented rows are left out (a copy of a
-    scored row would leak its label). The held-out fold is never read."""
+def calibration_rows(cfg: Config, data: FoldData, fit_predict) -> dict[str, np.ndarray]:
+    """The out-of-fold predictions of the fold's training rows like its validation rows: `cfg.calibration_folds`
+    inner folds (grouped as the outer split: series for the grouped split, products for leave-one-product-out), each
+    scored by `fit_predict` fitted on the rest of the training rows. Augmented rows are left out (a copy of a scored
+    row would leak its label). The held-out fold is never read. Size: `residual` (log true / predicted), `seen`,
+    `spread`, `proximity`; shape: `probabilities`, `shape`; both: `group` (the inner fold)."""
     from .baselines import inner_splits
 
     own = ~data.train_augmented
@@ -295,17 +296,23 @@ def calibrate(cfg: Config, data: FoldData, fit_predict) -> FoldCalibration:
         if cfg.task == "size":
             seen, proximity = Siblings.of(fit.train, cfg.correction_scale).proximity(scored)
             part.update(residual=np.log(scored["Y1"].to_numpy(float) / prediction["size"]), seen=seen,
-                        features=difficulty_features(prediction["spread"], proximity))
+                        spread=prediction["spread"], proximity=proximity, predicted=prediction["size"])
         else:
             part.update(probabilities=prediction["shape"], shape=scored["Y3"].to_numpy(int))
         parts.append(part)
-    joined = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
+def calibrate(cfg: Config, data: FoldData, fit_predict) -> FoldCalibration:
+    """The fold's calibration from `calibration_rows`."""
+    rows = calibration_rows(cfg, data, fit_predict)
     if cfg.task == "shape":
-        return FoldCalibration(shape=ShapeCalibration.fit(joined["probabilities"], joined["shape"]))
-    size = SizeCalibration.fit(joined["residual"], joined["features"], joined["seen"], joined["group"])
-    baseline = SizeCalibration.fit(joined["residual"], joined["features"], joined["seen"], joined["group"],
-                                   normalized=False)
-    return FoldCalibration(size, baseline, Siblings.of(rows.train, cfg.correction_scale))
+        return FoldCalibration(shape=ShapeCalibration.fit(rows["probabilities"], rows["shape"]))
+    features = difficulty_features(rows["spread"], rows["proximity"])
+    size = SizeCalibration.fit(rows["residual"], features, rows["seen"], rows["group"])
+    baseline = SizeCalibration.fit(rows["residual"], features, rows["seen"], rows["group"], normalized=False)
+    own = data.train[~data.train_augmented]
+    return FoldCalibration(size, baseline, Siblings.of(own, cfg.correction_scale))
 
 
 @dataclass

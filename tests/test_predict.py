@@ -20,7 +20,7 @@ from nanocrystal.design import (DOMAIN_WEIGHT, OUT_OF_DOMAIN, DesignError, cover
 from nanocrystal.encode import encode, fit_encoder
 from nanocrystal.engine import ensemble_predict
 from nanocrystal.files import save_csvs
-from nanocrystal.predict import (CACHE_FILE, load_predictor, load_run, read_recipes, shape_column,
+from nanocrystal.predict import (CACHE_FILE, NEW_PRODUCT, load_predictor, load_run, read_recipes, shape_column,
                                  training_positions)
 from nanocrystal.recipes import RecipeError
 from nanocrystal.runs import fold_data, load_fold_models, run_experiment
@@ -88,12 +88,13 @@ def test_applicability_flag(predictor, table):
     shared = np.intersect1d(positions["fold0"], positions["fold1"])
     recipe = table.iloc[[shared[0]]].reset_index(drop=True)
     slot = "A1"
-    absurd = pd.concat([recipe, recipe.assign(Temperature2=10_000.0), recipe.assign(**{slot: 1e7})],
-                       ignore_index=True)
+    absurd = pd.concat([recipe, recipe.assign(Temperature2=10_000.0), recipe.assign(**{slot: 1e7}),
+                        recipe.assign(T2="Unobtainium")], ignore_index=True)
     prediction = predictor.predict(absurd)
-    assert prediction["in_domain"].tolist() == [True, False, False]
+    assert prediction["in_domain"].tolist() == [True, False, False, False]
     assert prediction.loc[0, "domain_distance"] < 1e-3  # its own training row is its nearest neighbour
-    assert prediction["outside_training"].tolist() == ["", "Temperature2", f"{recipe.loc[0, 'A2']} amount"]
+    assert prediction["outside_training"].tolist() == ["", "Temperature2", f"{recipe.loc[0, 'A2']} amount",
+                                                       NEW_PRODUCT]
 
 
 def test_cache_is_written_and_reused(size_run, predictor, examples):
@@ -138,8 +139,16 @@ def test_predict_cli_prints_and_writes(size_run, shape_run, tmp_path, capsys):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "size_nm" in printed and "in_domain" in printed and "CdSe-1" in printed
+    assert "size_lo..size_hi: the 90% conformal interval" in printed  # what the columns mean, under the table
     written = pd.read_csv(out)
     assert written["ID"].tolist() == [1, 2, 3, 4, 5, 6] and {"p_failed", "prob_sphere"} <= set(written.columns)
+    # the calibrated interval around every prediction, and the shape set, most probable shape first
+    assert ((written["size_lo"] < written["size_nm"]) & (written["size_nm"] < written["size_hi"])).all()
+    assert all(s.split("|")[0] == shape for s, shape in zip(written["shape_set"], written["shape"]))
+    assert main([*args[:-2], "--confidence", "0.5", "--out", str(tmp_path / "narrow.csv")]) == 0
+    narrow = pd.read_csv(tmp_path / "narrow.csv")
+    assert ((narrow["size_hi"] - narrow["size_lo"]) < (written["size_hi"] - written["size_lo"])).all()
+    assert (narrow["shape_set"].str.count("\\|") <= written["shape_set"].str.count("\\|")).all()
     assert main(args) == 2 and "exists; pass --force" in capsys.readouterr().err  # never replaced silently
 
 
@@ -214,8 +223,11 @@ def test_tree_blend_and_correction_are_saved_and_predict_applies_them(tmp_path, 
     np.testing.assert_allclose(saved.correction.factors(valid), factors, rtol=1e-6)
     assert (np.abs(factors - 1) > 1e-3).mean() > 0.3  # most validation rows have a series sibling in training
     np.testing.assert_allclose(oof["pred"], (0.6 * transformer_nm + 0.4 * trees_nm) * factors, rtol=1e-5, atol=1e-5)
-    predicted = load_predictor(run).predict(valid)["size_nm"].to_numpy()
-    np.testing.assert_allclose(predicted, oof["pred"], rtol=1e-5, atol=1e-5)
+    predicted = load_predictor(run).predict(valid)
+    np.testing.assert_allclose(predicted["size_nm"], oof["pred"], rtol=1e-5, atol=1e-5)
+    # predict's interval is the run's: the fold's calibration, its trees' spread, the series of its training rows
+    np.testing.assert_allclose(predicted[["size_lo", "size_hi"]].to_numpy(), oof[["lo", "hi"]].to_numpy(), rtol=1e-5)
+    assert predicted["seen_series"].tolist() == (oof["series"] == "seen").tolist()
     # the record scores each stage of that prediction, and metrics.json holds their means (one fold here)
     true_nm = valid["Y1"].to_numpy()
     for stage, pred_nm in [("transformer", transformer_nm), ("tree_blend", 0.6 * transformer_nm + 0.4 * trees_nm),
