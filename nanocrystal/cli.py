@@ -2,25 +2,51 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
+from typing import Callable
 
-from .config import ROOT, Config
+from .config import ROOT, Config, ConfigError
+from .errors import InputError
+
+
+def guarded(command: Callable[[], int]) -> int:
+    """Run a command as the command line does: an expected error (InputError: a bad file, flag, config or run folder;
+    OSError: a path the machine refuses) prints its message, one line per problem, and exits 2; Ctrl-C prints one line
+    and exits 130 (the shell's code for an interrupt); any other exception is a bug and keeps its traceback."""
+    try:
+        return command()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (InputError, OSError) as error:
+        print(str(error), file=sys.stderr)
+        return 2
+
+
+def finite_number(text: str) -> float:
+    """argparse type: a number that stays finite where the models compute (float32)."""
+    from .recipes import FLOAT32_MAX
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from .fetch import FetchError, fetch_all
+    from .fetch import fetch_all
 
-    try:
-        fetch_all(Path(args.root), args.mirror)
-    except FetchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    fetch_all(Path(args.root), args.mirror)
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .descriptors import DescriptorError, load_descriptors
+    from .descriptors import load_descriptors
     from .recipes import RecipeError, load_shapes, pool_counts, read_table
 
     try:
@@ -28,7 +54,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         table = read_table(args.file, len(shapes))
     except RecipeError as error:
         print("\n".join(error.problems), file=sys.stderr)
-        print(f"{args.file}: {len(error.problems)} problem(s)", file=sys.stderr)
+        if len(error.problems) > 1:
+            print(f"{args.file}: {len(error.problems)} problem(s)", file=sys.stderr)
         return 2
     counts = pool_counts(table)
     print(f"{args.file}: {counts['rows']:,} rows")
@@ -37,11 +64,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"  products: {len(products):,} (most rows: " + ", ".join(f"{n} {c}" for n, c in products.head(5).items())
           + ")")
     if args.feats:
-        try:
-            store = load_descriptors(args.feats)
-        except DescriptorError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+        store = load_descriptors(args.feats)
         coverage = store.coverage(table)
         for role, missing in coverage.items():
             print(f"  {role} without a descriptor: {len(missing)} names in {sum(missing.values())} rows")
@@ -52,16 +75,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from .convert import UNKNOWN_SPEED, coincident_rows, convert_file, save
-    from .recipes import UNKNOWN, RecipeError, load_shapes, read_table
+    from .recipes import UNKNOWN, load_shapes, read_table
 
-    try:
-        shapes = load_shapes(args.shapes)
-        reference = read_table(args.reference, len(shapes)) if args.reference else None
-        result = convert_file(args.xlsx, shapes, labels=not args.no_labels)
-        save(result, args.out, args.report, args.force)
-    except (RecipeError, OSError) as error:  # OSError: an output path that cannot be written
-        print(str(error), file=sys.stderr)
-        return 2
+    shapes = load_shapes(args.shapes)
+    reference = read_table(args.reference, len(shapes)) if args.reference else None
+    result = convert_file(args.xlsx, shapes, labels=not args.no_labels)
+    save(result, args.out, args.report, args.force)
     table = result.table
     print(f"{args.xlsx}: {result.sheet_rows:,} rows -> {len(table):,} converted, {result.dropped_rows:,} dropped "
           f"({len(result.drops):,} problems" + (f", listed in {args.report})" if args.report else ")"))
@@ -134,14 +153,10 @@ def cmd_design(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import ReportError, report
+    from .report import report
 
-    try:
-        report(args.runs, Path(args.out), Path(args.assets), Path(args.shapes), Path(args.paper_predictions),
-               Path(args.readme) if args.readme else None, Path(args.data_dir), Path(args.feats))
-    except ReportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    report(args.runs, Path(args.out), Path(args.assets), Path(args.shapes), Path(args.paper_predictions),
+           Path(args.readme) if args.readme else None, Path(args.data_dir), Path(args.feats))
     print(f"wrote {args.out} (figures in {args.assets})")
     return 0
 
@@ -183,8 +198,8 @@ def config_from_args(argv: list[str] | None = None):
     given = {k: v for k, v in args.items() if v is not None}
     if config_file:
         if "preset" in given:  # the file holds a preset's values already; applying another one would be half done
-            raise ValueError("--preset cannot be combined with --config: the config file already holds its preset's "
-                             "values; override single flags instead")
+            raise ConfigError(["--preset cannot be combined with --config: the config file already holds its "
+                               "preset's values; override single flags instead"])
         base = json.loads(Config.load(config_file).to_json())
         base.pop("save_path"), base.pop("resume")
         return Config.from_dict({**base, **given})
@@ -192,19 +207,15 @@ def config_from_args(argv: list[str] | None = None):
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    from .runs import RunError, run_experiment
-
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        cfg = config_from_args(argv)
-    except (ValueError, OSError) as error:  # a bad value in the flags, or a bad or missing --config file
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
-        run_dir = run_experiment(cfg, command="python train.py " + " ".join(argv))
-    except RunError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return guarded(lambda: train(argv))
+
+
+def train(argv: list[str]) -> int:
+    from .runs import run_experiment
+
+    cfg = config_from_args(argv)  # every value checked before anything is written
+    run_dir = run_experiment(cfg, command="python train.py " + " ".join(argv))
     print(f"run folder: {run_dir}")
     return 0
 
@@ -250,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     design.add_argument("--size-run", required=True, help="run folder of a size run")
     design.add_argument("--shape-run", default=None, help="run folder of a shape run (needed for --target-shape)")
     design.add_argument("--template", required=True, help="recipe file with one recipe (CSV or xlsx)")
-    design.add_argument("--target-size", type=float, required=True, help="nm")
+    design.add_argument("--target-size", type=finite_number, required=True, help="nm")
     design.add_argument("--target-shape", default=None, help="a name from the shapes list, e.g. sphere")
     design.add_argument("--vary", nargs="+", action="extend", required=True, metavar="NAME=LOW:HIGH",
                         help="Temperature1, Temperature2, Time, Speed or a substance of the template (amount, mmol)")
@@ -278,4 +289,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    return guarded(lambda: args.handler(args))

@@ -25,9 +25,10 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from .errors import InputError
 from .predict import Predictor, shape_column, training_positions
-from .recipes import (ABSOLUTE_ZERO_C, AMOUNT_COLUMNS, CONDITION_COLUMNS, NAME_COLUMNS, PRODUCT_NAME,
-                      REQUIRED_COLUMNS, TEMPERATURE_COLUMNS, UNKNOWN, load_dataset)
+from .recipes import (ABSOLUTE_ZERO_C, AMOUNT_COLUMNS, CONDITION_COLUMNS, FLOAT32_MAX, MAX_TEMPERATURE_C, NAME_COLUMNS,
+                      PRODUCT_NAME, REQUIRED_COLUMNS, TEMPERATURE_COLUMNS, UNKNOWN, load_dataset)
 from .splits import combined_table
 
 SHAPE_WEIGHT = 2.0  # nm per unit of target-shape probability
@@ -39,7 +40,7 @@ SIGNIFICANT_DIGITS = 3
 MIN_SPACING = 0.05  # fraction of a range's width between two returned candidates
 
 
-class DesignError(ValueError):
+class DesignError(InputError, ValueError):
     """Every problem with the design request, one per line."""
 
     def __init__(self, problems: list[str]):
@@ -84,9 +85,10 @@ def parse_vary(specs: list[str], template: pd.Series) -> list[Range]:
                                 "into one first")
                 continue
             column = slots[0]
-        minimum = ABSOLUTE_ZERO_C if column in TEMPERATURE_COLUMNS else 0.0
-        if not (math.isfinite(low) and math.isfinite(high) and minimum <= low < high):
-            problems.append(f"--vary {spec!r}: need {minimum:g} <= LOW < HIGH")
+        # the physical range recipes.validate_frame allows
+        minimum, maximum = (ABSOLUTE_ZERO_C, MAX_TEMPERATURE_C) if column in TEMPERATURE_COLUMNS else (0.0, FLOAT32_MAX)
+        if not (math.isfinite(low) and math.isfinite(high) and minimum <= low < high <= maximum):
+            problems.append(f"--vary {spec!r}: need {minimum:g} <= LOW < HIGH <= {maximum:g}")
         elif column in AMOUNT_COLUMNS and low <= 0:
             problems.append(f"--vary {spec!r}: an amount must stay positive (LOW > 0)")
         elif column in [r.column for r in ranges]:
