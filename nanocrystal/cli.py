@@ -136,7 +136,7 @@ def cmd_design(args: argparse.Namespace) -> int:
         check_known(predictor, template)
         ranges = parse_vary(args.vary, template.table.iloc[0])
         result = design(predictor, template.table, args.target_size, ranges, args.target_shape, args.top,
-                        args.trials, args.seed)
+                        args.trials, args.seed, on_batch=design_progress(args.trials))
         if args.out:
             save_csvs([(result.table, Path(args.out))], args.force)
     except (RecipeError, DesignError, PredictError, DescriptorError, OSError) as error:
@@ -150,6 +150,14 @@ def cmd_design(args: argparse.Namespace) -> int:
     print(f"{result.evaluated} candidates searched in {time.time() - start:.1f} s"
           + (f"; wrote {args.out}" if args.out else ""))
     return 0
+
+
+def design_progress(trials: int) -> Callable[[int, int, float], None]:
+    """design()'s on_batch: a bar over the trials with the best loss so far (on a terminal)."""
+    from .progress import Progress
+
+    progress = Progress(trials, "design", unit="trials")
+    return lambda evaluated, _, best: progress.update(evaluated - progress.done, best_loss=best)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ from .encode import Encoder, encode, unknown_substances
 from .engine import predict as model_predict
 from .errors import InputError
 from .files import write_atomic
+from .progress import Progress
 from .recipes import (AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, LABEL_COLUMNS, NAME_COLUMNS, PRODUCT_NAME,
                       SHAPES_FILE, UNKNOWN, RecipeError, load_dataset, load_shapes, read_csv_raw,
                       read_frame)
@@ -49,6 +50,7 @@ CACHE_FILE = "applicability.npz"
 CACHE_VERSION = "4"  # change when the reference computation changes: old caches are then recomputed
 THRESHOLD_PERCENTILE = 99.0
 EMBED_BATCH = 2048
+LARGE_BATCH_ROWS = 2000  # recipes from which prediction shows a progress bar
 WARNING_COLUMN = "warning"
 # columns predict/design write: a prediction file can be fed back as recipes
 OUTSIDE_COLUMN = "outside_training"
@@ -273,7 +275,10 @@ class RunOutput:
 @torch.no_grad()
 def run_outputs(run: Run, table: pd.DataFrame) -> RunOutput:
     per_model, ratios = [], []
-    for fold in run.folds:
+    # a bar for a large file; none for the small batches design predicts many times
+    progress = Progress(len(run.folds), f"{run.path.name}: {len(table):,} recipes", unit="folds",
+                        bar=None if len(table) >= LARGE_BATCH_ROWS else False)
+    for fold in progress.iterate(run.folds):
         batch = encode(table, fold.encoder)
         trees = None if fold.trees is None else fold.trees.predict(table)
         factors = None if fold.correction is None else fold.correction.factors(table)

@@ -33,6 +33,7 @@ from .errors import InputError
 from .files import write_atomic, write_text
 from .metrics import SHAPE_METRICS, SIZE_METRICS, mean_metrics, shape_metrics, size_metrics
 from .model import MODELS
+from .progress import Progress
 from .recipes import is_solid, load_dataset
 from .splits import Fold, combined_table, inner_groups, inner_pool, make_folds, task_rows
 
@@ -180,6 +181,7 @@ def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shape
     valid_batch = encode(data.valid, encoder)
     factory = make_model_factory(cfg, encoder, store, n_shapes)
     members, curve = [], []
+    report = fold_progress(cfg, fold_name, logger)
     for member in range(cfg.n_members):
         on_epoch = None
         if cfg.eval_every:  # upstream-style curve on the held-out rows: logged, labelled, never used to choose
@@ -189,7 +191,8 @@ def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shape
                     curve.append({"member": member, "epoch": epoch, **{k: scores[k] for k in primary_metrics(cfg)}})
                     logger.info(f"{fold_name} val-selected curve (not the result) member {member} epoch {epoch}: "
                                 + ", ".join(f"{k} {scores[k]:.4f}" for k in primary_metrics(cfg)))
-        snapshots, _ = train_member(factory, train_batch, cfg, seed=cfg.seed * 1000 + member, on_epoch=on_epoch)
+        snapshots, _ = train_member(factory, train_batch, cfg, seed=cfg.seed * 1000 + member, on_epoch=on_epoch,
+                                    report=report(member))
         members.extend(snapshots)
     prediction = ensemble_predict(members, valid_batch)
     # the held-out figure after each stage of the prediction, so a run shows what the trees and the correction add
@@ -225,6 +228,23 @@ def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shape
         prediction = {**prediction, "size": prediction["size"] * factors, "size_std": prediction["size_std"] * factors}
         stages["series_correction"] = stage_scores(cfg, data.valid, prediction, n_shapes)
     return {**prediction, "stages": stages}, checkpoint
+
+
+def fold_progress(cfg: Config, fold_name: str, logger: logging.Logger):
+    """One bar per fold over every member's epochs, showing member, epoch and loss; where no one watches a terminal
+    (progress.interactive) a log line every fifth of a member's epochs instead. Returns member -> the `report`
+    callback of engine.train_member."""
+    per_member = cfg.pretrain_epochs + cfg.epochs
+    progress = Progress(cfg.n_members * per_member, f"{fold_name} {cfg.model}".strip(), logger.info,
+                        every=max(1, per_member // 5), unit="epochs")
+
+    def member_report(member: int):
+        def report(stage: str, epoch: int, loss: float) -> None:
+            epochs = cfg.epochs if stage == "train" else cfg.pretrain_epochs
+            progress.update(member=f"{member + 1}/{cfg.n_members}",
+                            **{"epoch" if stage == "train" else "pretrain epoch": f"{epoch}/{epochs}"}, loss=loss)
+        return report
+    return member_report
 
 
 def blend(cfg: Config, transformer: dict[str, np.ndarray], trees: np.ndarray) -> dict[str, np.ndarray]:
@@ -381,6 +401,7 @@ def run_fold(cfg: Config, run_dir: Path, outer: Fold) -> None:
     else:
         from .baselines import fit_tree_fold
 
+        logger.info(f"{fold.name}: {cfg.model}: choosing hyper-parameters by inner cross-validation, then the refit")
         prediction = fit_tree_fold(cfg, data, store, dataset.n_shapes)
     scores = score(cfg, data.valid, prediction, dataset.n_shapes)
     predictions = fold_predictions(cfg, fold, data.valid, prediction)

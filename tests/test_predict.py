@@ -269,6 +269,22 @@ def test_recipes_to_predict_keep_their_file_lines(predictor, tmp_path):
         read_recipes(header_only, predictor.shapes)
 
 
+def test_design_and_large_predictions_show_a_bar(size_run, table, monkeypatch, capsys):
+    """On a terminal: a bar over the design trials with the best loss so far, and one per run for a large file."""
+    monkeypatch.setattr("nanocrystal.progress.interactive", lambda: True)
+    args = ["design", "--size-run", str(size_run), "--template", str(EXAMPLES / "template_pbse.csv"),
+            "--target-size", "8", "--vary", "Time=1:30", "--trials", "40", "--top", "2"]
+    assert main(args) == 0
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert bar.startswith("design: 100%") and "40/40" in bar and "best_loss" in bar
+    predictor = load_predictor(size_run)
+    predictor.predict(table.head(100))
+    assert capsys.readouterr().err == ""  # a small batch (each of design's) draws no bar
+    predictor.predict(table.head(2000))
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert bar.startswith(f"{size_run.name}: 2,000 recipes: 100%") and "2/2" in bar
+
+
 def test_the_largest_values_validation_accepts_give_finite_predictions(predictor, examples):
     """Finite in float32 is what validation asks; the models' own float32 products must not overflow on such a value
     (a heating rate of 3.4e38 °C/min once became inf, then NaN): out of domain, with finite numbers."""

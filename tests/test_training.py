@@ -262,9 +262,19 @@ def test_two_trainings_on_one_folder_exactly_one_runs(tmp_path):
                  for _ in range(2)]
     errors = [p.communicate(timeout=300)[1] for p in processes]
     (ran, ran_err), (refused, refused_err) = sorted((p.returncode, err) for p, err in zip(processes, errors))
-    assert (ran, refused) == (0, 2)
+    assert (ran, refused) == (0, 2) and ran_err == ""  # no progress bar without a terminal
     # refused by the lock, or (had the first already written its config) as a folder holding a run
     assert len(refused_err.splitlines()) == 1 and refused_err.startswith(str(run))
     assert "another training is running" in refused_err or "already holds a run" in refused_err
     log = (run / "log.txt").read_text()
     assert log.count(f"run {run} (") == 1 and log.count("- eval - mae") == 1  # one run wrote the log
+
+
+def test_progress_is_logged_as_lines_without_a_terminal(tiny_run):
+    """No terminal (pytest captures the output): no tqdm bar, a line per fifth of a member's epochs in the log."""
+    lines = (tiny_run / "log.txt").read_text().splitlines()
+    progress = [line.split("[INFO]: ")[1] for line in lines if "epochs, member" in line]
+    assert [p.split(", loss")[0] for p in progress if p.startswith("fold0")] == [
+        f"fold0 transformer: {k}/3 epochs, member 1/1, epoch {k}/3" for k in (1, 2, 3)]
+    assert all(float(p.rsplit("loss ", 1)[1]) > 0 for p in progress)
+    assert "\r" not in "".join(lines)
