@@ -10,10 +10,9 @@ import argparse
 import sys
 import time
 
-from nanocrystal.augment import AugmentError, augment_split
+from nanocrystal.augment import augment_split
+from nanocrystal.cli import guarded
 from nanocrystal.config import Config
-from nanocrystal.descriptors import DescriptorError
-from nanocrystal.recipes import RecipeError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,16 +34,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return guarded(lambda: augment(args))
+
+
+def augment(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    try:
-        manifest = augment_split(args.data_dir, args.feats, args.out, args.split, args.seed, args.n_folds,
-                                 args.object_name, args.k, args.augment_seed, args.overwrite)
-    except RecipeError as error:
-        print("\n".join(error.problems), file=sys.stderr)
-        return 2
-    except (AugmentError, DescriptorError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    manifest = augment_split(args.data_dir, args.feats, args.out, args.split, args.seed, args.n_folds,
+                             args.object_name, args.k, args.augment_seed, args.overwrite)
     files = manifest["files"].values()
     for name, entry in manifest["files"].items():
         print(f"{name}: {entry['sources']:,} training recipes -> {entry['generated']:,} generated, "

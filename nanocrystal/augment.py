@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .descriptors import INTERMEDIATE_SEPARATOR, intermediate_name, load_descriptors
+from .errors import InputError
 from .fetch import sha256_of
 from .files import write_text
 from .recipes import (AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, FAILURES_FILE, LABEL_COLUMNS, NAME_COLUMNS,
@@ -39,7 +40,7 @@ ID_SCHEME = f"ID = {AUG_ID_BASE} + {MAX_K} * source_ID + r, r = 0..k-1"
 FOLD_SETTINGS = ("split", "seed", "n_folds", "object_name")  # what decides which rows a fold trains on
 
 
-class AugmentError(ValueError):
+class AugmentError(InputError, ValueError):
     pass
 
 

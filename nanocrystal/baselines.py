@@ -32,6 +32,7 @@ from .config import TREE_MODELS, Config
 from .descriptors import DescriptorStore
 from .features import RecipeFeaturizer
 from .metrics import shape_metrics, size_metrics
+from .progress import Progress
 from .splits import inner_groups, inner_pool
 
 INNER_FOLDS = 3
@@ -167,7 +168,8 @@ def inner_splits(cfg: Config, train: pd.DataFrame, weak: np.ndarray,
     if n_splits < 2:
         raise ValueError(f"inner validation needs 2 groups of training rows like the validation rows, got {n_splits}")
     splitter = GroupKFold(n_splits=n_splits, shuffle=True, random_state=cfg.seed)
-    for _, scored in splitter.split(pool, groups=groups[pool]):
+    progress = Progress(n_splits, f"{cfg.model} inner CV", unit="folds")  # a bar on a terminal: trees take minutes
+    for _, scored in progress.iterate(splitter.split(pool, groups=groups[pool])):
         held_out = np.isin(groups, np.unique(groups[pool[scored]]))
         yield np.flatnonzero(~held_out), pool[scored]
 

@@ -3,25 +3,51 @@ design."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
+from typing import Callable
 
-from .config import ROOT, Config
+from .config import ROOT, Config, ConfigError
+from .errors import InputError
+
+
+def guarded(command: Callable[[], int]) -> int:
+    """Run a command as the command line does: an expected error (InputError: a bad file, flag, config or run folder;
+    OSError: a path the machine refuses) prints its message, one line per problem, and exits 2; Ctrl-C prints one line
+    and exits 130 (the shell's code for an interrupt); any other exception is a bug and keeps its traceback."""
+    try:
+        return command()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (InputError, OSError) as error:
+        print(str(error), file=sys.stderr)
+        return 2
+
+
+def finite_number(text: str) -> float:
+    """argparse type: a number that stays finite where the models compute (float32)."""
+    from .recipes import FLOAT32_MAX
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from .fetch import FetchError, fetch_all
+    from .fetch import fetch_all
 
-    try:
-        fetch_all(Path(args.root), args.mirror)
-    except FetchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    fetch_all(Path(args.root), args.mirror)
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .descriptors import DescriptorError, load_descriptors
+    from .descriptors import load_descriptors
     from .recipes import RecipeError, load_shapes, pool_counts, read_table
 
     try:
@@ -29,7 +55,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         table = read_table(args.file, len(shapes))
     except RecipeError as error:
         print("\n".join(error.problems), file=sys.stderr)
-        print(f"{args.file}: {len(error.problems)} problem(s)", file=sys.stderr)
+        if len(error.problems) > 1:
+            print(f"{args.file}: {len(error.problems)} problem(s)", file=sys.stderr)
         return 2
     counts = pool_counts(table)
     print(f"{args.file}: {counts['rows']:,} rows")
@@ -38,11 +65,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"  products: {len(products):,} (most rows: " + ", ".join(f"{n} {c}" for n, c in products.head(5).items())
           + ")")
     if args.feats:
-        try:
-            store = load_descriptors(args.feats)
-        except DescriptorError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+        store = load_descriptors(args.feats)
         coverage = store.coverage(table)
         for role, missing in coverage.items():
             print(f"  {role} without a descriptor: {len(missing)} names in {sum(missing.values())} rows")
@@ -53,16 +76,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from .convert import UNKNOWN_SPEED, coincident_rows, convert_file, save
-    from .recipes import UNKNOWN, RecipeError, load_shapes, read_table
+    from .recipes import UNKNOWN, load_shapes, read_table
 
-    try:
-        shapes = load_shapes(args.shapes)
-        reference = read_table(args.reference, len(shapes)) if args.reference else None
-        result = convert_file(args.xlsx, shapes, labels=not args.no_labels)
-        save(result, args.out, args.report, args.force)
-    except (RecipeError, OSError) as error:  # OSError: an output path that cannot be written
-        print(str(error), file=sys.stderr)
-        return 2
+    shapes = load_shapes(args.shapes)
+    reference = read_table(args.reference, len(shapes)) if args.reference else None
+    result = convert_file(args.xlsx, shapes, labels=not args.no_labels)
+    save(result, args.out, args.report, args.force)
     table = result.table
     print(f"{args.xlsx}: {result.sheet_rows:,} rows -> {len(table):,} converted, {result.dropped_rows:,} dropped "
           f"({len(result.drops):,} problems" + (f", listed in {args.report})" if args.report else ")"))
@@ -79,21 +98,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from .descriptors import DescriptorError
     from .files import save_csvs
-    from .predict import PredictError, legend, load_predictor, predict_recipes, read_recipes, summary
-    from .recipes import RecipeError
+    from .predict import legend, load_predictor, predict_recipes, read_recipes, summary
 
     torch.set_num_threads(1)  # small batches: one thread is fastest on a shared CPU
-    try:
-        predictor = load_predictor(args.size_run, args.shape_run)
-        table = predict_recipes(predictor, read_recipes(args.recipes, predictor.shapes), args.allow_unknown,
-                                args.confidence)
-        if args.out:
-            save_csvs([(table, Path(args.out))], args.force)
-    except (RecipeError, PredictError, DescriptorError, OSError) as error:
-        print(str(error), file=sys.stderr)
-        return 2
+    predictor = load_predictor(args.size_run, args.shape_run)
+    table = predict_recipes(predictor, read_recipes(args.recipes, predictor.shapes), args.allow_unknown,
+                            args.confidence)
+    if args.out:
+        save_csvs([(table, Path(args.out))], args.force)
     print(summary(table))
     print(legend(table, args.confidence))
     if args.out:
@@ -106,46 +119,46 @@ def cmd_design(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .descriptors import DescriptorError
-    from .design import DesignError, design, parse_vary
+    from .design import design, parse_vary
     from .files import save_csvs
-    from .predict import PredictError, check_known, legend, load_predictor, read_recipes, shape_column, summary
-    from .recipes import RecipeError
+    from .predict import check_known, legend, load_predictor, read_recipes, shape_column, summary
 
     start = time.time()
     torch.set_num_threads(1)  # small batches: one thread is fastest on a shared CPU
-    try:
-        predictor = load_predictor(args.size_run, args.shape_run)
-        template = read_recipes(args.template, predictor.shapes)
-        check_known(predictor, template)
-        ranges = parse_vary(args.vary, template.table.iloc[0])
-        result = design(predictor, template.table, args.target_size, ranges, args.target_shape, args.top,
-                        args.trials, args.seed, tolerance=args.tolerance, confidence=args.confidence)
-        if args.out:
-            save_csvs([(result.table, Path(args.out))], args.force)
-    except (RecipeError, DesignError, PredictError, DescriptorError, OSError) as error:
-        print(str(error), file=sys.stderr)
-        return 2
+    predictor = load_predictor(args.size_run, args.shape_run)
+    template = read_recipes(args.template, predictor.shapes)
+    check_known(predictor, template)
+    ranges = parse_vary(args.vary, template.table.iloc[0])
+    result = design(predictor, template.table, args.target_size, ranges, args.target_shape, args.top, args.trials,
+                    args.seed, on_batch=design_progress(args.trials), tolerance=args.tolerance,
+                    confidence=args.confidence)
+    if args.out:
+        save_csvs([(result.table, Path(args.out))], args.force)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     varied = {r.column: r.name for r in ranges}  # the console names an amount by its substance
     target = [shape_column(args.target_shape)] if args.target_shape else []
     print(summary(result.table.rename(columns=varied), ["T2", *varied.values(), *target]))
-    print(legend(result.table, args.confidence) + f"; p_within: P(|size - {args.target_size:g}| <= {args.tolerance:g} nm)")
+    print(legend(result.table, args.confidence)
+          + f"; p_within: P(|size - {args.target_size:g}| <= {args.tolerance:g} nm)")
     print(f"{result.evaluated} candidates searched in {time.time() - start:.1f} s"
           + (f"; wrote {args.out}" if args.out else ""))
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from .report import ReportError, report
+def design_progress(trials: int) -> Callable[[int, int, float], None]:
+    """design()'s on_batch: a bar over the trials with the best loss so far (on a terminal)."""
+    from .progress import Progress
 
-    try:
-        report(args.runs, Path(args.out), Path(args.assets), Path(args.shapes), Path(args.paper_predictions),
-               Path(args.readme) if args.readme else None, Path(args.data_dir), Path(args.feats))
-    except ReportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    progress = Progress(trials, "design", unit="trials")
+    return lambda evaluated, _, best: progress.update(evaluated - progress.done, best_loss=best)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import report
+
+    report(args.runs, Path(args.out), Path(args.assets), Path(args.shapes), Path(args.paper_predictions),
+           Path(args.readme) if args.readme else None, Path(args.data_dir), Path(args.feats))
     print(f"wrote {args.out} (figures in {args.assets})")
     return 0
 
@@ -187,8 +200,8 @@ def config_from_args(argv: list[str] | None = None):
     given = {k: v for k, v in args.items() if v is not None}
     if config_file:
         if "preset" in given:  # the file holds a preset's values already; applying another one would be half done
-            raise ValueError("--preset cannot be combined with --config: the config file already holds its preset's "
-                             "values; override single flags instead")
+            raise ConfigError(["--preset cannot be combined with --config: the config file already holds its "
+                               "preset's values; override single flags instead"])
         base = json.loads(Config.load(config_file).to_json())
         base.pop("save_path"), base.pop("resume")
         return Config.from_dict({**base, **given})
@@ -196,19 +209,15 @@ def config_from_args(argv: list[str] | None = None):
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    from .runs import RunError, run_experiment
-
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        cfg = config_from_args(argv)
-    except (ValueError, OSError) as error:  # a bad value in the flags, or a bad or missing --config file
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
-        run_dir = run_experiment(cfg, command="python train.py " + " ".join(argv))
-    except RunError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return guarded(lambda: train(argv))
+
+
+def train(argv: list[str]) -> int:
+    from .runs import run_experiment
+
+    cfg = config_from_args(argv)  # every value checked before anything is written
+    run_dir = run_experiment(cfg, command="python train.py " + " ".join(argv))
     print(f"run folder: {run_dir}")
     return 0
 
@@ -258,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--allow-unknown", action="store_true",
                          help="substances without a descriptor count as zeros (warning column) instead of an error")
     predict.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    predict.add_argument("--confidence", type=float, default=0.9,
+    predict.add_argument("--confidence", type=finite_number, default=0.9,
                          help="of the size interval (size_lo, size_hi) and the shape set (default 0.9)")
     predict.set_defaults(handler=cmd_predict)
 
@@ -266,16 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
     design.add_argument("--size-run", required=True, help="run folder of a size run")
     design.add_argument("--shape-run", default=None, help="run folder of a shape run (needed for --target-shape)")
     design.add_argument("--template", required=True, help="recipe file with one recipe (CSV or xlsx)")
-    design.add_argument("--target-size", type=float, required=True, help="nm")
+    design.add_argument("--target-size", type=finite_number, required=True, help="nm")
     design.add_argument("--target-shape", default=None, help="a name from the shapes list, e.g. sphere")
     design.add_argument("--vary", nargs="+", action="extend", required=True, metavar="NAME=LOW:HIGH",
                         help="Temperature1, Temperature2, Time, Speed or a substance of the template (amount, mmol)")
     design.add_argument("--top", type=int, default=5, help="distinct candidates to return")
     design.add_argument("--trials", type=int, default=256, help="candidates to evaluate")
     design.add_argument("--seed", type=int, default=0, help="sampler seed: the same seed gives the same candidates")
-    design.add_argument("--tolerance", type=float, default=0.5,
+    design.add_argument("--tolerance", type=finite_number, default=0.5,
                         help="nm: candidates are ranked by P(|size - target| <= tolerance) (default 0.5)")
-    design.add_argument("--confidence", type=float, default=0.9, help="of each candidate's size interval (default 0.9)")
+    design.add_argument("--confidence", type=finite_number, default=0.9,
+                        help="of each candidate's size interval (default 0.9)")
     design.add_argument("--out", default=None, help="CSV to write: model columns + predictions")
     design.add_argument("--force", action="store_true", help="replace OUT if it exists")
     design.set_defaults(handler=cmd_design)
@@ -297,4 +307,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    return guarded(lambda: args.handler(args))

@@ -3,15 +3,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
+
+from .errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("size", "shape")
 SPLITS = ("paper", "grouped")
 TREE_MODELS = ("dt", "rf", "et", "hgb", "lgbm")  # baselines.py; the neural ones are model.MODELS
 BLEND_MODELS = ("lgbm", "et", "rf")  # tree models whose fitted form saves as text or tensors (baselines.fit_blend)
+
+
+class ConfigError(InputError, ValueError):
+    """Every bad key of a config, one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
 
 
 @dataclass
@@ -100,9 +112,6 @@ class Config:
         if self.lgbm_seeds < 1 or self.lgbm_huber_delta < 0:
             raise ValueError(f"--lgbm_seeds must be >= 1 and --lgbm_huber_delta >= 0, got {self.lgbm_seeds} and "
                              f"{self.lgbm_huber_delta}")
-        if not 0 < self.confidence < 1 or self.calibration_folds < 0 or self.calibration_folds == 1:
-            raise ValueError(f"--confidence must be in (0, 1) and --calibration_folds 0 or >= 2, got {self.confidence} "
-                             f"and {self.calibration_folds}")
         if not 0 < self.failure_fraction <= 1:
             raise ValueError(f"--failure_fraction must be in (0, 1], got {self.failure_fraction}")
         if self.correction_scale <= 0 or self.correction_shrink < 0:
@@ -113,18 +122,32 @@ class Config:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Config":
+    def from_dict(cls, values: dict, source: str = "") -> "Config":
+        """Every value's type (from the annotations) and range checked; ConfigError lists each bad key. `source`
+        names where the values come from (a file); without it the keys are named as flags."""
         if "lgbm_blend" in values:  # run folders written before the blend took other trees than LightGBM
             values = {**{k: v for k, v in values.items() if k != "lgbm_blend"}, "tree_blend": values["lgbm_blend"]}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
-        return cls(**values)
+        values, problems = _checked_values(values)
+        where = (lambda key: f"{source}: {key}") if source else (lambda key: f"--{key}")
+        if problems:
+            raise ConfigError([f"{where(key)}: {message}" for key, message in problems])
+        try:
+            return cls(**values)
+        except ValueError as error:  # __post_init__: the flag is named in the message
+            raise ConfigError([f"{source}: {error}" if source else str(error)]) from None
 
     @classmethod
     def load(cls, path: str | Path) -> "Config":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError([f"{path}: no such file"])
+        try:
+            values = json.loads(path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError([f"{path}: not a JSON config ({error})"]) from None
+        if not isinstance(values, dict):
+            raise ConfigError([f"{path}: expected a JSON object of settings, got {type(values).__name__}"])
+        return cls.from_dict(values, str(path))
 
 
 # Presets set training and model fields; flags given on the command line win over them.
@@ -147,6 +170,106 @@ PRESETS: dict[str, dict] = {
 def resolve(preset: str, overrides: Optional[dict] = None) -> Config:
     """Defaults, then the preset, then explicit overrides."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        raise ConfigError([f"--preset {preset!r}: choose from {', '.join(PRESETS)}"])
     values = {**PRESETS[preset], **(overrides or {}), "preset": preset}
     return Config.from_dict(values)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is(value: Any, kind: type) -> bool:
+    """JSON's types as the annotation names them: true/false only for bool, a whole number for int, a finite number
+    (whole or not) for float; a string is never read as a number."""
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        try:
+            return math.isfinite(value)
+        except OverflowError:  # an int beyond any float
+            return False
+    if kind is int:  # within 32 bits: every count, index and seed the code hands to numpy and torch
+        return isinstance(value, int) and not isinstance(value, bool) and -2 ** 31 < value < 2 ** 31
+    return isinstance(value, kind)
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    names = {bool: "true or false", int: "a whole number below 2^31", float: "a finite number", str: "a string"}
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            return f"expected a list of {item.__name__}, got {_short(value)}"
+        wrong = [v for v in value if not _is(v, item)]
+        return f"expected a list of {item.__name__}, got {_short(wrong[0])} in it" if wrong else None
+    return None if _is(value, hint) else f"expected {names[hint]}, got {_short(value)}"
+
+
+def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f">= {low:g}"
+
+
+def _between(low: float, high: float, high_open: bool = False) -> tuple[Callable[[Any], bool], str]:
+    return ((lambda v: low <= v < high) if high_open else (lambda v: low <= v <= high),
+            f"in [{low:g}, {high:g}{')' if high_open else ']'}")
+
+
+def _above(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v > low), f"> {low:g}"
+
+
+def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices), "one of " + ", ".join(repr(c) for c in choices)
+
+
+# What a value may hold beyond its type: checked before a run folder exists, so a bad value never stops a run midway.
+# (task, split, blend_models and the LightGBM, failure and correction settings are checked by __post_init__.)
+_LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "preset": _one_of("", *PRESETS),
+    "seed": _at_least(0),  # numpy's seeds are not negative
+    "n_folds": _at_least(2),
+    "folds": ((lambda v: all(i >= 0 for i in v)), "fold indices >= 0"),
+    "amount_scaling": _one_of("log", "robust"),
+    "descriptor_pca": _at_least(1),
+    "substance_columns": _at_least(0),
+    "d_model": _at_least(1), "depth": _at_least(1), "n_heads": _at_least(1), "d_ffn": _at_least(1),
+    "dropout": _between(0, 1, high_open=True),
+    "numeric_embedding": _one_of("periodic", "mlp"),
+    "epochs": _at_least(1), "batch_size": _at_least(1),
+    "lr": _above(0),
+    "weight_decay": _at_least(0), "warmup_epochs": _at_least(0),
+    "ema_decay": _between(0, 1),
+    "huber_delta": _above(0),
+    "weak_band": _at_least(0), "weak_weight": _at_least(0),
+    "pretrain_epochs": _at_least(0), "pretrain_mask_rate": _between(0, 1),
+    "n_members": _at_least(1), "snapshots": _at_least(1), "snapshot_span": _between(0, 1),
+    "tree_blend": _between(0, 1),
+    "inner_val_frac": _between(0, 1, high_open=True),
+    "confidence": ((lambda v: 0 < v < 1), "in (0, 1)"),
+    "calibration_folds": ((lambda v: v == 0 or v >= 2), "0 (no calibration) or >= 2"),
+    "eval_every": _at_least(0), "threads": _at_least(0), "workers": _at_least(1),
+    "device": ((lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:")), "auto, cpu, cuda or cuda:N"),
+}
+
+
+def _checked_values(values: dict) -> tuple[dict, list[tuple[str, str]]]:
+    """The values with ints of float fields as floats, and (key, problem) for each unknown or bad key."""
+    hints = typing.get_type_hints(Config)
+    problems = [(key, "unknown key") for key in values if key not in hints]
+    checked = {}
+    for key, value in values.items():
+        if key not in hints:
+            continue
+        problem = _type_problem(value, hints[key])
+        if problem is None and key in _LIMITS and not _LIMITS[key][0](value):
+            problem = f"must be {_LIMITS[key][1]}, got {_short(value)}"
+        if problem:
+            problems.append((key, problem))
+        checked[key] = float(value) if hints[key] is float and not problem else value
+    if not problems:
+        merged = {f.name: f.default for f in dataclasses.fields(Config)} | checked
+        if merged["model"] == "transformer" and merged["d_model"] % merged["n_heads"]:
+            problems.append(("n_heads", f"must divide d_model ({merged['d_model']}), got {merged['n_heads']}"))
+    return checked, problems
+

@@ -54,6 +54,7 @@ RECIPE_HEADERS = (PRODUCT, INJECTION, REACTION, TIME, HEATING, *AMOUNT_HEADERS, 
 LABEL_HEADERS = (SIZE, DISTRIBUTION, SHAPE, COUNT)
 
 UNKNOWN_SPEED = 13.90111345  # upstream's CSV value for a heating rate the sheet gives as `?` (see module docstring)
+XLS_MAGIC = bytes.fromhex("d0cf11e0a1b11ae1")  # the OLE2 container of Excel 97-2003 .xls files
 COINCIDENCE_KEY = (PRODUCT_NAME, "Temperature1", "Temperature2", "Time", "Y1")
 DROP_COLUMNS = ("row", "column", "value", "reason")
 
@@ -143,6 +144,8 @@ def convert_frame(sheet: pd.DataFrame, source: str, shapes: list[str],
     _check_headers(sheet, source, labels)
     sheet = sheet.reset_index(drop=True)
     sheet = sheet.loc[~_blank(sheet).all(axis=1)]
+    if sheet.empty:
+        raise RecipeError([f"{source}:-:-: no rows below the header"])
     sheet = sheet.assign(**{h: None for h in LABEL_HEADERS if h not in sheet.columns})  # labels=False: all unknown
     problems = _Problems(sheet)
 
@@ -204,10 +207,17 @@ def read_sheet(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise RecipeError([f"{path}:-:-: no such file"])
+    if not zipfile.is_zipfile(path):  # an xlsx workbook is a zip archive
+        with open(path, "rb") as handle:
+            start = handle.read(8)
+        what = ("an empty file" if not start else "an old .xls workbook (save it as .xlsx)" if start == XLS_MAGIC
+                else "not an xlsx workbook (a CSV or text file? then give it a .csv name)")
+        raise RecipeError([f"{path}:-:-: {what}"])
     try:
-        return pd.read_excel(path, sheet_name=0, dtype=object)
-    except (ValueError, OSError, zipfile.BadZipFile) as error:
-        raise RecipeError([f"{path}:-:-: not a readable xlsx ({error})"]) from error
+        return pd.read_excel(path, sheet_name=0, dtype=object, engine="openpyxl")
+    except Exception as error:  # openpyxl fails on a damaged workbook in many ways: each is the file's fault
+        raise RecipeError([f"{path}:-:-: not a readable xlsx workbook ({type(error).__name__}: "
+                           f"{str(error).splitlines()[0] if str(error) else 'damaged'})"]) from error
 
 
 def convert_file(path: str | Path, shapes: list[str], labels: bool = True) -> Conversion:

@@ -30,9 +30,10 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from .errors import InputError
 from .predict import DEFAULT_CONFIDENCE, Predictor, shape_column, training_positions
-from .recipes import (ABSOLUTE_ZERO_C, AMOUNT_COLUMNS, CONDITION_COLUMNS, NAME_COLUMNS, PRODUCT_NAME,
-                      REQUIRED_COLUMNS, TEMPERATURE_COLUMNS, UNKNOWN, load_dataset)
+from .recipes import (ABSOLUTE_ZERO_C, AMOUNT_COLUMNS, CONDITION_COLUMNS, FLOAT32_MAX, MAX_TEMPERATURE_C, NAME_COLUMNS,
+                      PRODUCT_NAME, REQUIRED_COLUMNS, TEMPERATURE_COLUMNS, UNKNOWN, load_dataset)
 from .splits import combined_table
 
 OUT_OF_DOMAIN = 1.0  # flat penalty, the whole range of 1 - p_success: any in-domain candidate ranks first
@@ -44,7 +45,7 @@ MIN_SPACING = 0.05  # fraction of a range's width between two returned candidate
 DEFAULT_TOLERANCE_NM = 0.5
 
 
-class DesignError(ValueError):
+class DesignError(InputError, ValueError):
     """Every problem with the design request, one per line."""
 
     def __init__(self, problems: list[str]):
@@ -89,9 +90,10 @@ def parse_vary(specs: list[str], template: pd.Series) -> list[Range]:
                                 "into one first")
                 continue
             column = slots[0]
-        minimum = ABSOLUTE_ZERO_C if column in TEMPERATURE_COLUMNS else 0.0
-        if not (math.isfinite(low) and math.isfinite(high) and minimum <= low < high):
-            problems.append(f"--vary {spec!r}: need {minimum:g} <= LOW < HIGH")
+        # the physical range recipes.validate_frame allows
+        minimum, maximum = (ABSOLUTE_ZERO_C, MAX_TEMPERATURE_C) if column in TEMPERATURE_COLUMNS else (0.0, FLOAT32_MAX)
+        if not (math.isfinite(low) and math.isfinite(high) and minimum <= low < high <= maximum):
+            problems.append(f"--vary {spec!r}: need {minimum:g} <= LOW < HIGH <= {maximum:g}")
         elif column in AMOUNT_COLUMNS and low <= 0:
             problems.append(f"--vary {spec!r}: an amount must stay positive (LOW > 0)")
         elif column in [r.column for r in ranges]:

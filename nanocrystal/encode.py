@@ -14,6 +14,10 @@ from .recipes import (EMPTY_NAME, MAX_EVAL_SIZE_NM, PRODUCT_AMOUNT, PRODUCT_NAME
                       substance_amounts, substance_names)
 
 MEASURED_SIZE = "measured_size"
+# Scaled amounts and conditions are clipped here: the training values lie within a few hundred, and a value that
+# passes validation (finite in float32) but lies far beyond them (out of domain for predict) stays finite through the
+# models' float32 products (a heating rate of 3e38 °C/min would otherwise become inf, then NaN).
+MAX_SCALED = 1e6
 
 
 @dataclass
@@ -141,10 +145,11 @@ def encode(table: pd.DataFrame, encoder: Encoder, weak: np.ndarray | None = None
     width = max(1, int(present.sum(1).max()))
     ids, scaled, present, is_product = (np.take_along_axis(a, order, axis=1)[:, :width]
                                         for a in (ids, scaled, present, is_product))
-    scaled = np.where(present, scaled, 0.0)
+    scaled = np.clip(np.where(present, scaled, 0.0), -MAX_SCALED, MAX_SCALED)
     ids = np.where(present, ids, 0)
     _, conditions = _raw_conditions(table, MEASURED_SIZE in encoder.condition_names)
-    conditions = (conditions - np.array(encoder.condition_center)) / np.array(encoder.condition_scale)
+    conditions = np.clip((conditions - np.array(encoder.condition_center)) / np.array(encoder.condition_scale),
+                         -MAX_SCALED, MAX_SCALED)
     if weak is None:
         weak = ~is_solid(table).to_numpy()
     return Batch(

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm.auto import tqdm
 
 from .config import Config
 from .encode import Batch
@@ -95,13 +94,14 @@ def epoch_order(failed: torch.Tensor, failure_fraction: float, generator: torch.
 
 
 def run_epochs(model: torch.nn.Module, ema: AveragedModel, data: Batch, cfg: Config, epochs: int,
-               generator: torch.Generator, masked: bool, desc: str, on_epoch=None) -> list[float]:
-    """`epochs` passes over `data` in shuffled batches; returns the mean loss per epoch."""
+               generator: torch.Generator, masked: bool, on_epoch=None, report=None) -> list[float]:
+    """`epochs` passes over `data` in shuffled batches; returns the mean loss per epoch. `report(epoch, loss)` after
+    each epoch (progress)."""
     failed = (data.shape == model.shape_head.out_features).cpu()  # the failure class is n_shapes
     rows_per_epoch = len(data) - (1.0 - cfg.failure_fraction) * int(failed.sum())
     optimizer, scheduler = make_optimizer(model, cfg, math.ceil(rows_per_epoch / cfg.batch_size), epochs)
     losses = []
-    for epoch in tqdm(range(epochs), desc=desc, leave=False, mininterval=2.0):
+    for epoch in range(epochs):
         model.train()
         order = epoch_order(failed, cfg.failure_fraction, generator).to(data.size_nm.device)
         epoch_loss = torch.zeros((), device=data.size_nm.device)
@@ -110,6 +110,8 @@ def run_epochs(model: torch.nn.Module, ema: AveragedModel, data: Batch, cfg: Con
             drop = descriptor_mask(batch, cfg.pretrain_mask_rate, generator) if masked else None
             epoch_loss += train_step(model, ema, optimizer, scheduler, batch, cfg, drop) * len(batch)
         losses.append(epoch_loss.item() / len(order))
+        if report is not None:
+            report(epoch + 1, losses[-1])
         if on_epoch is not None:
             on_epoch(epoch + 1, ema.module)
     return losses
@@ -131,9 +133,10 @@ def resolve_device(cfg: Config) -> torch.device:
     return torch.device(cfg.device)
 
 
-def train_member(make_model, data: Batch, cfg: Config, seed: int, on_epoch=None) -> tuple[list, list]:
+def train_member(make_model, data: Batch, cfg: Config, seed: int, on_epoch=None, report=None) -> tuple[list, list]:
     """Train one model (optional masked pretraining, then finetuning from its weights); return copies of its EMA
-    weights at the snapshot epochs, and the loss per epoch."""
+    weights at the snapshot epochs, and the loss per epoch. `report(stage, epoch, loss)` after each epoch of each
+    stage (pretrain, train)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     device = resolve_device(cfg)
@@ -142,7 +145,8 @@ def train_member(make_model, data: Batch, cfg: Config, seed: int, on_epoch=None)
     losses = []
     if cfg.pretrain_epochs:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-        losses += run_epochs(model, ema, data, cfg, cfg.pretrain_epochs, generator, True, f"pretrain s{seed}")
+        losses += run_epochs(model, ema, data, cfg, cfg.pretrain_epochs, generator, True,
+                             report=report and (lambda epoch, loss: report("pretrain", epoch, loss)))
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     keep_at = snapshot_epochs(cfg)
     snapshots = []
@@ -153,7 +157,8 @@ def train_member(make_model, data: Batch, cfg: Config, seed: int, on_epoch=None)
         if on_epoch is not None:
             on_epoch(epoch, averaged)
 
-    losses += run_epochs(model, ema, data, cfg, cfg.epochs, generator, False, f"train s{seed}", after_epoch)
+    losses += run_epochs(model, ema, data, cfg, cfg.epochs, generator, False, after_epoch,
+                         report and (lambda epoch, loss: report("train", epoch, loss)))
     return snapshots, losses
 
 

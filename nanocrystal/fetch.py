@@ -9,6 +9,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import InputError
 from .files import write_atomic
 
 UPSTREAM_REPO = "Sharpiless/Nanocrystals-Deep-Learning"
@@ -42,7 +43,7 @@ FILES: tuple[RemoteFile, ...] = (
 )
 
 
-class FetchError(RuntimeError):
+class FetchError(InputError, RuntimeError):
     pass
 
 

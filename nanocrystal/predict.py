@@ -28,17 +28,19 @@ import pandas as pd
 import torch
 from sklearn.neighbors import NearestNeighbors
 
-from .config import Config
+from .config import Config, ConfigError
 from .convert import convert_file
 from .correction import SeriesCorrection
 from .descriptors import load_descriptors
 from .encode import Encoder, encode, unknown_substances
 from .engine import predict as model_predict
+from .errors import InputError
 from .files import write_atomic
+from .progress import Progress
 from .recipes import (AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, LABEL_COLUMNS, NAME_COLUMNS, PRODUCT_NAME,
                       SHAPES_FILE, UNKNOWN, RecipeError, load_dataset, load_shapes, read_csv_raw,
                       read_frame)
-from .runs import NEURAL_MODELS, blend, load_fold_models, neural_spread
+from .runs import NEURAL_MODELS, CheckpointError, blend, load_fold_models, neural_spread
 from .splits import combined_table, make_folds, task_rows
 from .uncertainty import FoldCalibration, ShapeCalibration, SizeCalibration, set_labels
 
@@ -49,6 +51,7 @@ CACHE_FILE = "applicability.npz"
 CACHE_VERSION = "5"  # change when the reference computation changes: old caches are then recomputed
 THRESHOLD_PERCENTILE = 99.0
 EMBED_BATCH = 2048
+LARGE_BATCH_ROWS = 2000  # recipes from which prediction shows a progress bar
 WARNING_COLUMN = "warning"
 # columns predict/design write: a prediction file can be fed back as recipes
 OUTSIDE_COLUMN = "outside_training"
@@ -59,7 +62,7 @@ NEW_PRODUCT = "product (no training recipe makes it)"
 PROB_PREFIX = "prob_"
 
 
-class PredictError(ValueError):
+class PredictError(InputError, ValueError):
     pass
 
 
@@ -96,13 +99,9 @@ def read_recipes(path: str | Path, shapes: list[str]) -> Recipes:
         if len(result.drops):
             raise RecipeError([f"{path}:{r.row}:{r.column}: {r.reason} ({r.value!r})"
                                for r in result.drops.itertuples()])
-        if result.table.empty:
-            raise RecipeError([f"{path}:-:-: no recipes"])
         return Recipes(result.table, result.table["ID"].to_numpy(), str(path))
     raw = read_csv_raw(path)
     table = read_frame(raw, str(path), len(shapes), prepare_raw)
-    if table.empty:
-        raise RecipeError([f"{path}:-:-: no recipes"])
     return Recipes(table, raw.index.to_numpy() + 2, str(path))
 
 
@@ -245,8 +244,8 @@ def load_run(path: str | Path) -> Run:
         raise PredictError(f"{run_dir}: not a run folder (no config.json)")
     try:
         cfg = Config.load(config_path)
-    except ValueError as error:  # a run of an older code version
-        raise PredictError(f"{config_path}: {error}") from None
+    except ConfigError as error:  # names the file and each bad key
+        raise PredictError(str(error)) from None
     if cfg.model not in NEURAL_MODELS:
         raise PredictError(f"{run_dir}: a {cfg.model} run; predict needs a neural run ({', '.join(NEURAL_MODELS)}: "
                            "fold checkpoints)")
@@ -258,8 +257,8 @@ def load_run(path: str | Path) -> Run:
     for checkpoint in checkpoints:
         try:
             saved = load_fold_models(checkpoint, store)
-        except (RuntimeError, ValueError) as error:  # e.g. a checkpoint of an older code version
-            raise PredictError(f"{checkpoint}: cannot be loaded by this code: {str(error).splitlines()[0]}") from None
+        except CheckpointError as error:  # names the file and what to do
+            raise PredictError(str(error)) from None
         loaded[checkpoint.stem] = saved
     arrays = reference_arrays(run_dir, cfg, {name: (saved.encoder, saved.members) for name, saved in loaded.items()})
     folds = [FoldModels(name, saved.encoder, saved.members,
@@ -284,7 +283,10 @@ class RunOutput:
 @torch.no_grad()
 def run_outputs(run: Run, table: pd.DataFrame) -> RunOutput:
     per_model, ratios, seen, sigmas = [], [], [], []
-    for fold in run.folds:
+    # a bar for a large file; none for the small batches design predicts many times
+    progress = Progress(len(run.folds), f"{run.path.name}: {len(table):,} recipes", unit="folds",
+                        bar=None if len(table) >= LARGE_BATCH_ROWS else False)
+    for fold in progress.iterate(run.folds):
         batch = encode(table, fold.encoder)
         trees = None if fold.trees is None else fold.trees.predict(table)
         factors = None if fold.correction is None else fold.correction.factors(table)

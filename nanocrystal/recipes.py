@@ -12,6 +12,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from .errors import InputError
+
 SLOTS = tuple("ABCDEFGHIJKLM")
 AMOUNT_COLUMNS = tuple(f"{slot}1" for slot in SLOTS)
 NAME_COLUMNS = tuple(f"{slot}2" for slot in SLOTS)
@@ -29,13 +31,19 @@ SOLID_MIN_COUNT = 300  # Num >= 300 particles counted on TEM: a solid size label
 MAX_EVAL_SIZE_NM = 20.0
 UNKNOWN = -1  # Num / Y1 / Y2 of unknown or failed rows
 ABSOLUTE_ZERO_C = -273.15
+# Solution syntheses of the data run at -50..385 °C; above 1000 °C no solvent or salt melt is liquid for long, so a
+# larger value is a typo or a unit slip.
+MAX_TEMPERATURE_C = 1000.0
+# The models compute in float32: a larger magnitude becomes inf there (and NaN further on).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_WHOLE = 2.0 ** 53  # ID and Num are whole numbers; beyond 2^53 a float64 no longer holds every one
 
 RECIPES_FILE = "0309_classification_and_reg-raw-v3.csv"
 FAILURES_FILE = "0404_failure.csv"
 SHAPES_FILE = "shapes_list.txt"
 
 
-class RecipeError(ValueError):
+class RecipeError(InputError, ValueError):
     """Every problem found in a file, one `file:row:column: message` per line."""
 
     def __init__(self, problems: list[str]):
@@ -44,7 +52,17 @@ class RecipeError(ValueError):
 
 
 def load_shapes(path: str | Path) -> list[str]:
-    names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError([f"{path}:-:-: no such file (the shapes list: one shape name per line)"])
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = "\0"
+    if "\0" in text:
+        raise RecipeError([f"{path}:-:-: not a text file (the shapes list: one shape name per line)"])
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise RecipeError([f"{path}:1:-: empty shapes list"])
     return names
@@ -68,12 +86,15 @@ def validate_frame(raw: pd.DataFrame, source: str, n_shapes: int) -> tuple[pd.Da
             continue
         text = raw[column].astype(str).str.strip()
         values = pd.to_numeric(text, errors="coerce").astype(float)
-        for index in np.flatnonzero(~np.isfinite(values.to_numpy())):
+        usable = np.isfinite(values) & (values.abs() <= FLOAT32_MAX)  # finite where the models compute
+        for index in np.flatnonzero(~usable.to_numpy()):
             cell = text.iloc[index]
             what = ("missing value (NaN)" if cell.lower() in ("", "nan", "none", "null") else
-                    f"non-numeric value {cell!r}" if np.isnan(values.iloc[index]) else f"non-finite value {cell!r}")
+                    f"non-numeric value {cell!r}" if np.isnan(values.iloc[index]) else
+                    f"non-finite value {cell!r}" if cell.lower().lstrip("+-") in ("inf", "infinity") else
+                    f"value {cell} is too large (beyond ±{FLOAT32_MAX:.3g}, the float32 range of the models)")
             problems.append(f"{source}:{lines[index]}:{column}: {what}")
-        typed[column] = values.where(np.isfinite(values))  # inf is reported above, never checked or used
+        typed[column] = values.where(usable)  # reported above, never checked or used
     for column in (PRODUCT_NAME, *NAME_COLUMNS):
         typed[column] = raw[column].fillna("").astype(str).str.strip() if column in raw.columns else ""
     for column in OPTIONAL_COLUMNS:
@@ -89,6 +110,8 @@ def validate_frame(raw: pd.DataFrame, source: str, n_shapes: int) -> tuple[pd.Da
         flag(typed[column] < 0, column, lambda v: f"negative amount {v:g}")
     for column in TEMPERATURE_COLUMNS:
         flag(typed[column] < ABSOLUTE_ZERO_C, column, lambda v: f"temperature {v:g} °C is below absolute zero")
+        flag(typed[column] > MAX_TEMPERATURE_C, column,
+             lambda v: f"temperature {v:g} °C is above {MAX_TEMPERATURE_C:g} °C (the ceiling for a synthesis)")
     flag(typed["Time"] < 0, "Time", lambda v: f"negative time {v:g}")
     flag(typed["Speed"] < 0, "Speed", lambda v: f"negative heating rate {v:g}")
     shape = typed["Y3"]
@@ -98,9 +121,14 @@ def validate_frame(raw: pd.DataFrame, source: str, n_shapes: int) -> tuple[pd.Da
                    f"{UNKNOWN} = unknown)")
     size = typed["Y1"]
     flag((size <= 0) & (size != UNKNOWN), "Y1", lambda v: f"size {v:g} must be positive or {UNKNOWN} (unknown)")
+    flag((typed["Y2"] < 0) & (typed["Y2"] != UNKNOWN), "Y2",
+         lambda v: f"size distribution {v:g} must be >= 0 or {UNKNOWN} (unknown)")
+    flag((typed["Num"] < 0) & (typed["Num"] != UNKNOWN), "Num",
+         lambda v: f"particle count {v:g} must be >= 0 or {UNKNOWN} (unknown)")
     for column in ("ID", "Num"):  # integers in the model layout
         flag(typed[column].notna() & (typed[column] != typed[column].round()), column,
              lambda v: f"{v:g} is not a whole number")
+        flag(typed[column].abs() > MAX_WHOLE, column, lambda v: f"{v:g} is too large for a whole number (above 2^53)")
     flag(typed["ID"].notna() & typed["ID"].duplicated(keep="first"), "ID", lambda v: f"duplicate ID {v:g}")
     for amount_col, name_col in zip(AMOUNT_COLUMNS, NAME_COLUMNS):
         empty = typed[name_col].isin(["", EMPTY_NAME])
@@ -114,6 +142,15 @@ def read_csv_raw(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise RecipeError([f"{path}:-:-: no such file"])
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 16)
+    if b"\0" in head:
+        raise RecipeError([f"{path}:-:-: a binary file, not a CSV"])
+    header = head.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    for separator, name in ((";", "semicolon"), ("\t", "tab")):
+        if "," not in header and separator in header:  # else pandas reads one column and every column is missing
+            raise RecipeError([f"{path}:1:-: the columns are {name}-separated; save the file as a comma-separated "
+                               "CSV (with decimal points)"])
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except pd.errors.EmptyDataError as error:
@@ -122,7 +159,10 @@ def read_csv_raw(path: str | Path) -> pd.DataFrame:
         raise RecipeError([f"{path}:-:-: not a readable CSV ({error})"]) from error
     if not isinstance(raw.index, pd.RangeIndex):  # pandas took the first column as the index
         raise RecipeError([f"{path}:2:-: every row has one field more than the header (a trailing comma?)"])
-    return raw[(raw != "").any(axis=1)]
+    rows = raw[(raw != "").any(axis=1)]
+    if rows.empty:
+        raise RecipeError([f"{path}:-:-: no rows below the header"])
+    return rows
 
 
 def read_table(path: str | Path, n_shapes: int,

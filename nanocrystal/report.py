@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
+from .errors import InputError  # noqa: E402
 from .metrics import SIZE_METRICS  # noqa: E402
 from .files import write_atomic, write_text  # noqa: E402
 from .runs import NEURAL_MODELS  # noqa: E402
@@ -39,7 +40,7 @@ MODEL_NAMES = {"transformer": "Transformer", "dt": "Decision tree", "rf": "Rando
 README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
-class ReportError(ValueError):
+class ReportError(InputError, ValueError):
     pass
 
 

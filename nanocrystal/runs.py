@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import pickle
+import signal
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+import warnings
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -20,15 +22,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import torch
+from filelock import FileLock, Timeout
 
 from .config import ROOT, TREE_MODELS, Config
 from .correction import SeriesCorrection, Siblings
 from .descriptors import DescriptorStore, load_descriptors
 from .encode import Encoder, descriptor_matrix, encode, fit_encoder, unknown_substances
 from .engine import ensemble_predict, train_member
+from .errors import InputError
 from .files import write_atomic, write_text
 from .metrics import SHAPE_METRICS, SIZE_METRICS, mean_metrics, shape_metrics, size_metrics
 from .model import MODELS
+from .progress import Progress
 from .recipes import is_solid, load_dataset
 from .splits import Fold, combined_table, inner_groups, inner_pool, make_folds, task_rows
 from .uncertainty import (CATEGORY_NAMES, NEW, SEEN, FoldCalibration, ShapeCalibration, SizeCalibration, coverage,
@@ -40,9 +45,15 @@ if TYPE_CHECKING:  # baselines (LightGBM, scikit-learn) is imported only when a 
 # per fold and their fold mean in metrics.json; the eval log lines name them coverage/width and set_coverage/set_size
 UNCERTAINTY_METRICS = {"size": ("coverage", "mean_width_nm"), "shape": ("set_coverage", "mean_set_size")}
 NEURAL_MODELS = tuple(MODELS)  # trained by engine.train_member; the rest are baselines.fit_selected
+CHECKPOINT_KEYS = ("config", "encoder", "n_shapes", "members")
+LOCK_FILE = ".lock"  # in the run folder: held (filelock) by the process running it, for the whole run
 
 
-class RunError(RuntimeError):
+class RunError(InputError, RuntimeError):
+    pass
+
+
+class CheckpointError(InputError, ValueError):
     pass
 
 
@@ -59,21 +70,42 @@ def results_config(cfg: Config) -> dict:
     return values
 
 
-def open_run_dir(cfg: Config) -> Path:
-    """A new folder, or with --resume the same folder of the same config. Never overwrites another run."""
+def open_run_dir(cfg: Config) -> tuple[Path, FileLock]:
+    """A new folder, or with --resume the same folder of the same config, locked for this process: the caller releases
+    the lock when the run ends. Never overwrites another run; never lets two processes run one folder."""
     if cfg.resume and not cfg.save_path:  # the default folder name is new each time: nothing would be resumed
         raise RunError("--resume needs --save_path (the folder of the run to finish)")
     run_dir = Path(cfg.save_path) if cfg.save_path else default_run_dir(cfg)
-    config_path = run_dir / "config.json"
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not cfg.resume:
-            raise RunError(f"{run_dir} already holds a run; choose another --save_path or pass --resume")
-        if results_config(Config.load(config_path)) != results_config(cfg):
-            raise RunError(f"{config_path}: --resume needs the same config as the saved run")
-        return run_dir
+    holds_run(run_dir, cfg)  # refused before anything is written into a folder that is not ours
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(config_path, cfg.to_json())
-    return run_dir
+    lock = FileLock(run_dir / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunError(f"{run_dir}: another training is running in this folder; wait for it to end (then --resume "
+                       "finishes what it left) or choose another --save_path") from None
+    try:
+        if not holds_run(run_dir, cfg):  # again under the lock: a process that just let go may have written one
+            write_text(run_dir / "config.json", cfg.to_json())
+    except BaseException:
+        lock.release()
+        raise
+    return run_dir, lock
+
+
+def holds_run(run_dir: Path, cfg: Config) -> bool:
+    """True if `run_dir` holds the run that --resume continues; False if it is empty or absent; RunError if it holds
+    anything else."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir}: is a file, not a run folder; choose another --save_path")
+    if not run_dir.exists() or not [p for p in run_dir.iterdir() if p.name != LOCK_FILE]:
+        return False
+    if not cfg.resume:
+        raise RunError(f"{run_dir} already holds a run; choose another --save_path or pass --resume")
+    config_path = run_dir / "config.json"
+    if results_config(Config.load(config_path)) != results_config(cfg):
+        raise RunError(f"{config_path}: --resume needs the same config as the saved run")
+    return True
 
 
 def make_logger(run_dir: Path) -> logging.Logger:
@@ -153,6 +185,7 @@ def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shape
     valid_batch = encode(data.valid, encoder)
     factory = make_model_factory(cfg, encoder, store, n_shapes)
     members, curve = [], []
+    report = fold_progress(cfg, fold_name, logger)
     for member in range(cfg.n_members):
         on_epoch = None
         if cfg.eval_every:  # upstream-style curve on the held-out rows: logged, labelled, never used to choose
@@ -162,7 +195,8 @@ def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shape
                     curve.append({"member": member, "epoch": epoch, **{k: scores[k] for k in primary_metrics(cfg)}})
                     logger.info(f"{fold_name} val-selected curve (not the result) member {member} epoch {epoch}: "
                                 + ", ".join(f"{k} {scores[k]:.4f}" for k in primary_metrics(cfg)))
-        snapshots, _ = train_member(factory, train_batch, cfg, seed=cfg.seed * 1000 + member, on_epoch=on_epoch)
+        snapshots, _ = train_member(factory, train_batch, cfg, seed=cfg.seed * 1000 + member, on_epoch=on_epoch,
+                                    report=report(member))
         members.extend(snapshots)
     prediction = ensemble_predict(members, valid_batch)
     # the held-out figure after each stage of the prediction, so a run shows what the trees and the correction add
@@ -209,6 +243,23 @@ def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shape
             spread = trees.log_spread(data.valid) if fitted_trees else neural_spread(prediction)
         prediction = {**prediction, **calibrated_outputs(cfg, calibration, data.valid, prediction, spread)}
     return {**prediction, "stages": stages}, checkpoint
+
+
+def fold_progress(cfg: Config, fold_name: str, logger: logging.Logger):
+    """One bar per fold over every member's epochs, showing member, epoch and loss; where no one watches a terminal
+    (progress.interactive) a log line every fifth of a member's epochs instead. Returns member -> the `report`
+    callback of engine.train_member."""
+    per_member = cfg.pretrain_epochs + cfg.epochs
+    progress = Progress(cfg.n_members * per_member, f"{fold_name} {cfg.model}".strip(), logger.info,
+                        every=max(1, per_member // 5), unit="epochs")
+
+    def member_report(member: int):
+        def report(stage: str, epoch: int, loss: float) -> None:
+            epochs = cfg.epochs if stage == "train" else cfg.pretrain_epochs
+            progress.update(member=f"{member + 1}/{cfg.n_members}",
+                            **{"epoch" if stage == "train" else "pretrain epoch": f"{epoch}/{epochs}"}, loss=loss)
+        return report
+    return member_report
 
 
 def blend(cfg: Config, transformer: dict[str, np.ndarray], trees: np.ndarray) -> dict[str, np.ndarray]:
@@ -327,28 +378,65 @@ class FoldCheckpoint:
     calibration: FoldCalibration | None  # absent in runs with --calibration_folds 0
 
 
-def load_fold_models(path: Path, store: DescriptorStore) -> FoldCheckpoint:
-    """Rebuild a fold's ensemble from its checkpoint (weights_only: no code runs on load)."""
-    checkpoint = torch.load(path, weights_only=True)
-    if "lgbm" in checkpoint:  # its LightGBM model predicts nm; the blend's trees now predict log(size)
-        raise ValueError(f"{path}: written by an older version (LightGBM blend); re-run it: "
-                         f"train.py --config {path.parent / 'config.json'} --save_path NEW")
-    cfg = Config.from_dict(checkpoint["config"])
-    encoder = Encoder.from_dict(checkpoint["encoder"])
-    factory = make_model_factory(cfg, encoder, store, checkpoint["n_shapes"])
-    members = []
-    for state in checkpoint["members"]:
-        model = factory()
-        model.load_state_dict(state)
-        model.eval()
-        members.append(model)
-    trees = None
-    if "trees" in checkpoint:
-        from .baselines import TreeBlend
+def retrain_hint(path: Path) -> str:
+    return f"re-train the run (python train.py --config {path.parent / 'config.json'} --save_path NEW)"
 
-        trees = TreeBlend.from_state(checkpoint["trees"], store, checkpoint["n_shapes"])
-    correction = SeriesCorrection.from_state(checkpoint["correction"]) if "correction" in checkpoint else None
-    calibration = FoldCalibration.from_state(checkpoint["calibration"]) if "calibration" in checkpoint else None
+
+def read_checkpoint(path: Path) -> dict:
+    """A fold checkpoint's contents (weights_only: no code runs on load). Every way a file can fail to load is a
+    CheckpointError naming it; torch's own text is not passed on, as it suggests turning the safe loader off."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file; {retrain_hint(path)}")
+    reason = "an empty file" if path.stat().st_size == 0 else None
+    if reason is None:
+        try:
+            with warnings.catch_warnings():  # e.g. about the pickle protocol of a file that is no checkpoint
+                warnings.simplefilter("ignore")
+                checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+        except pickle.UnpicklingError as error:  # torch's safe unpickler refuses, or the bytes are no pickle
+            reason = ("holds Python objects other than tensors and plain data, which could run code: refused"
+                      if "GLOBAL" in str(error) else "not a PyTorch checkpoint")
+        except Exception:  # a damaged file fails in torch's reader in many ways (RuntimeError, EOFError, ...)
+            reason = "damaged or truncated: not a readable PyTorch checkpoint"
+    if reason is None and isinstance(checkpoint, dict) and "lgbm" in checkpoint:
+        # its LightGBM model predicts nm; the blend's trees now predict log(size)
+        raise CheckpointError(f"{path}: written by an older version (LightGBM blend); re-run it: "
+                              f"train.py --config {path.parent / 'config.json'} --save_path NEW")
+    if reason is None and not (isinstance(checkpoint, dict) and set(CHECKPOINT_KEYS) <= set(checkpoint)):
+        reason = f"not a fold checkpoint (needs the keys {', '.join(CHECKPOINT_KEYS)})"
+    if reason is not None:
+        raise CheckpointError(f"{path}: {reason}; {retrain_hint(path)} or copy the file again")
+    return checkpoint
+
+
+def load_fold_models(path: Path, store: DescriptorStore) -> FoldCheckpoint:
+    """Rebuild a fold's ensemble from its checkpoint; CheckpointError (one line: the file and what to do) if it
+    cannot be."""
+    checkpoint = read_checkpoint(path)
+    try:
+        cfg = Config.from_dict(checkpoint["config"], f"{path} (its config)")
+        encoder = Encoder.from_dict(checkpoint["encoder"])
+        factory = make_model_factory(cfg, encoder, store, checkpoint["n_shapes"])
+        members = []
+        for state in checkpoint["members"]:
+            model = factory()
+            model.load_state_dict(state)
+            model.eval()
+            members.append(model)
+        trees = None
+        if "trees" in checkpoint:
+            from .baselines import TreeBlend
+
+            trees = TreeBlend.from_state(checkpoint["trees"], store, checkpoint["n_shapes"])
+        correction = SeriesCorrection.from_state(checkpoint["correction"]) if "correction" in checkpoint else None
+        calibration = FoldCalibration.from_state(checkpoint["calibration"]) if "calibration" in checkpoint else None
+    except InputError as error:  # its config, or substances the descriptor file lacks
+        message = "; ".join(str(error).splitlines())
+        raise CheckpointError(f"{'' if message.startswith(str(path)) else f'{path}: '}{message}; "
+                              f"{retrain_hint(path)}") from None
+    except Exception as error:  # contents that do not fit this code's models (shapes, keys, types)
+        raise CheckpointError(f"{path}: does not fit this code's models ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''}); {retrain_hint(path)}") from None
     return FoldCheckpoint(cfg, encoder, members, checkpoint["n_shapes"], trees, correction, calibration)
 
 
@@ -463,6 +551,7 @@ def run_fold(cfg: Config, run_dir: Path, outer: Fold) -> None:
     else:
         from .baselines import fit_selected, member_spread
 
+        logger.info(f"{fold.name}: {cfg.model}: choosing hyper-parameters by inner cross-validation, then the refit")
         fitted = fit_selected(cfg, data, store, dataset.n_shapes)
         prediction = {**fitted.predict(cfg, data.valid, dataset.n_shapes), "selection": fitted.selection}
         if cfg.calibration_folds:
@@ -494,6 +583,13 @@ def run_fold(cfg: Config, run_dir: Path, outer: Fold) -> None:
                 + f" ({record['wall_s']:.0f} s)")
 
 
+def quiet_worker() -> None:
+    """A fold worker: Ctrl-C (sent to every process of the terminal) is the main process's to report, once; the
+    main process's terminate() ends it through its `finally` blocks, so no temp file stays behind."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def chosen_folds(cfg: Config, table: pd.DataFrame) -> list[Fold]:
     """The folds this run scores (all, or those of --folds); ValueError for an unknown split, product or index."""
     folds = make_folds(table, cfg.split, cfg.n_folds, cfg.seed, cfg.object_name)
@@ -514,9 +610,9 @@ def run_experiment(cfg: Config, command: str = "") -> Path:
         folds = chosen_folds(cfg, table)
     except ValueError as error:
         raise RunError(str(error)) from error
-    run_dir = open_run_dir(cfg)
+    run_dir, lock = open_run_dir(cfg)
     logger = make_logger(run_dir)
-    try:  # the log file is closed however the run ends
+    try:  # the log file is closed and the folder unlocked however the run ends
         logger.info(f"run {run_dir} ({command or 'train.py'})")
         missing = unknown_substances(dataset.recipes, fit_encoder(dataset.recipes.head(5), store, "log", True, False))
         if missing:
@@ -528,15 +624,17 @@ def run_experiment(cfg: Config, command: str = "") -> Path:
         if cfg.workers > 1 and len(pending) > 1:
             # small models use one core badly; whole folds in parallel processes use them well
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(cfg.workers, len(pending)), mp_context=context) as pool:
-                for future in [pool.submit(run_fold, cfg, run_dir, fold) for fold in pending]:
-                    future.result()
+            # leaving the block (done, failed or Ctrl-C) terminates the workers: none trains on unwatched
+            with context.Pool(min(cfg.workers, len(pending)), initializer=quiet_worker) as pool:
+                for result in [pool.apply_async(run_fold, (cfg, run_dir, fold)) for fold in pending]:
+                    result.get()
         else:
             for fold in pending:
                 run_fold(cfg, run_dir, fold)
         finish_run(cfg, run_dir, folds, logger, command, time.time() - start)
     finally:
         close_logger(logger)
+        lock.release()
     return run_dir
 
 

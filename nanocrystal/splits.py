@@ -8,7 +8,12 @@ import pandas as pd
 from sklearn.model_selection import GroupKFold, KFold
 
 from .config import Config
+from .errors import InputError
 from .recipes import MAX_EVAL_SIZE_NM, PRODUCT_NAME, Dataset, evaluation_mask, has_size, is_solid, series_keys
+
+
+class SplitError(InputError, ValueError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,7 @@ def product_folds(table: pd.DataFrame, products: list[str]) -> list[Fold]:
     for k, product in enumerate(products):
         is_product = (table[PRODUCT_NAME] == product).to_numpy()
         if not is_product.any():
-            raise ValueError(f"--object_name {product!r}: no recipe has this product")
+            raise SplitError(f"--object_name {product!r}: no recipe has this product")
         valid = np.flatnonzero(is_product & has_size(table).to_numpy())
         folds.append(Fold(k, product, np.flatnonzero(~is_product), valid))
     return folds
@@ -64,11 +69,12 @@ def product_folds(table: pd.DataFrame, products: list[str]) -> list[Fold]:
 def make_folds(table: pd.DataFrame, split: str, n_folds: int, seed: int, products: list[str]) -> list[Fold]:
     if products:
         return product_folds(table, products)
-    if split == "paper":
-        return paper_folds(table, n_folds, seed)
-    if split == "grouped":
-        return grouped_folds(table, n_folds, seed)
-    raise ValueError(f"unknown split {split!r}; choose paper or grouped")
+    if split not in ("paper", "grouped"):
+        raise SplitError(f"unknown split {split!r}; choose paper or grouped")
+    try:
+        return (paper_folds if split == "paper" else grouped_folds)(table, n_folds, seed)
+    except ValueError as error:  # scikit-learn's: more folds than evaluation rows (or series)
+        raise SplitError(f"--n_folds {n_folds}: {error}") from None
 
 
 def task_rows(table: pd.DataFrame, positions: np.ndarray, task: str, use_weak: bool = True,

@@ -253,6 +253,9 @@ def test_tree_fold_record_keeps_its_selection(tmp_path):
     assert selection["params"] == best["params"] and 0.0 < min(scores) < 1.0
     metrics = json.loads((path / "metrics.json").read_text())
     assert metrics["per_fold"][0]["selection"] == selection
+    # progress: the log says what the minutes of tree fitting are spent on (a terminal also gets a bar)
+    assert "fold0: dt: choosing hyper-parameters by inner cross-validation, then the refit" in (
+        path / "log.txt").read_text()
 
 
 @pytest.mark.parametrize("model", ["et", "rf"])

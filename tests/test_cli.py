@@ -1,7 +1,11 @@
 """`python -m nanocrystal validate` and `convert` as a user runs them."""
 from __future__ import annotations
 
+import zipfile
+from pathlib import Path
+
 import pandas as pd
+import pytest
 
 from nanocrystal.cli import main
 from nanocrystal.convert import UNKNOWN_SPEED
@@ -70,3 +74,71 @@ def test_convert_names_an_output_path_that_cannot_be_written(sheet, tmp_path, ca
         assert main(["convert", str(xlsx), str(out), "--reference", "", "--force"]) == 2
         assert capsys.readouterr().err.strip() == message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "folder", "mine.xlsx"]
+
+
+def _one_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    return lines[0]
+
+
+@pytest.mark.parametrize("separator,name", [(";", "semicolon"), ("\t", "tab")])
+def test_a_csv_with_another_separator_gets_one_hint(recipes_path, tmp_path, capsys, separator, name):
+    path = tmp_path / "excel.csv"
+    pd.read_csv(recipes_path, dtype=str, nrows=3).to_csv(path, index=False, sep=separator)
+    assert main(["validate", str(path)]) == 2
+    assert _one_line(capsys) == (f"{path}:1:-: the columns are {name}-separated; save the file as a comma-separated "
+                                 "CSV (with decimal points)")
+
+
+def test_unreadable_inputs_are_one_line_each(recipes_path, tmp_path, capsys):
+    header_only, binary = tmp_path / "header.csv", tmp_path / "binary.csv"
+    header_only.write_text(recipes_path.read_text().splitlines()[0] + "\n")
+    binary.write_bytes(bytes(range(256)) * 4)
+    for args, message in [
+        (["validate", str(header_only)], f"{header_only}:-:-: no rows below the header"),
+        (["validate", str(binary)], f"{binary}:-:-: a binary file, not a CSV"),
+        (["validate", str(recipes_path), "--shapes", str(tmp_path / "none.txt")],
+         f"{tmp_path / 'none.txt'}:-:-: no such file (the shapes list: one shape name per line)"),
+        (["validate", str(recipes_path), "--shapes", str(binary)],
+         f"{binary}:-:-: not a text file (the shapes list: one shape name per line)"),
+    ]:
+        assert main(args) == 2
+        assert _one_line(capsys) == message
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"ID,Time\n1,2\n", "not an xlsx workbook (a CSV or text file? then give it a .csv name)"),
+    (b"", "an empty file"),
+    (bytes.fromhex("d0cf11e0a1b11ae1") + bytes(504), "an old .xls workbook (save it as .xlsx)"),
+    ("zip", "not a readable xlsx workbook (KeyError"),
+])
+def test_a_file_named_xlsx_that_is_no_workbook(tmp_path, capsys, content, message):
+    path = tmp_path / "recipes.xlsx"
+    if content == "zip":  # a zip archive without a workbook inside
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("notes.txt", "hello")
+    else:
+        path.write_bytes(content)
+    assert main(["convert", str(path), str(tmp_path / "out.csv"), "--reference", ""]) == 2
+    assert _one_line(capsys).startswith(f"{path}:-:-: {message}")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_convert_refuses_a_sheet_with_only_a_header(sheet, tmp_path, capsys):
+    xlsx = tmp_path / "empty.xlsx"
+    sheet.head(0).to_excel(xlsx, index=False)
+    assert main(["convert", str(xlsx), str(tmp_path / "out.csv"), "--reference", ""]) == 2
+    assert _one_line(capsys) == f"{xlsx}:-:-: no rows below the header"
+
+
+def test_convert_writes_nothing_when_the_report_cannot_be_written(sheet, tmp_path, capsys):
+    """Every output is written to its temp file before any is put in place: the main CSV does not appear alone."""
+    xlsx, out = tmp_path / "mine.xlsx", tmp_path / "out.csv"
+    sheet.head(3).to_excel(xlsx, index=False)
+    report = Path("/proc/nanocrystal-report.csv")  # no file can be made there, not even by root
+    assert main(["convert", str(xlsx), str(out), "--report", str(report), "--reference", ""]) == 2
+    line = _one_line(capsys)
+    assert str(report) in line and ".part" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.xlsx"]

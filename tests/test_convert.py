@@ -143,5 +143,5 @@ def test_an_eleventh_reagent_or_a_broken_file_is_an_error(pbse, tmp_path):
         for h in ("additive amount/mmol.10", "reactants.10")]
     broken = tmp_path / "broken.xlsx"
     broken.write_bytes(b"not a zip archive")
-    with pytest.raises(RecipeError, match="broken.xlsx:-:-: not a readable xlsx"):
+    with pytest.raises(RecipeError, match="broken.xlsx:-:-: not an xlsx workbook"):
         read_sheet(broken)

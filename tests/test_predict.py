@@ -22,7 +22,7 @@ from nanocrystal.engine import ensemble_predict
 from nanocrystal.files import save_csvs
 from nanocrystal.predict import (CACHE_FILE, NEW_PRODUCT, load_predictor, load_run, read_recipes, shape_column,
                                  training_positions)
-from nanocrystal.recipes import RecipeError
+from nanocrystal.recipes import ABSOLUTE_ZERO_C, FLOAT32_MAX, MAX_TEMPERATURE_C, RecipeError
 from nanocrystal.runs import fold_data, load_fold_models, run_experiment
 from nanocrystal.splits import make_folds
 
@@ -179,10 +179,13 @@ def test_xlsx_recipes_without_labels(predictor, sheet, tmp_path):
 
 def test_design_cli_rejects_a_bad_range(size_run, capsys):
     args = ["design", "--size-run", str(size_run), "--template", str(EXAMPLES / "template_pbse.csv"),
-            "--target-size", "8", "--vary", "Temperature2=220:120", "Gold=1:2"]
+            "--target-size", "8", "--vary", "Temperature2=220:120", "Temperature1=100:2000", "Time=1:1e39",
+            "Gold=1:2"]
     assert main(args) == 2
     assert capsys.readouterr().err.splitlines() == [
-        "--vary 'Temperature2=220:120': need -273.15 <= LOW < HIGH",
+        "--vary 'Temperature2=220:120': need -273.15 <= LOW < HIGH <= 1000",
+        "--vary 'Temperature1=100:2000': need -273.15 <= LOW < HIGH <= 1000",  # recipes.MAX_TEMPERATURE_C
+        "--vary 'Time=1:1e39': need 0 <= LOW < HIGH <= 3.40282e+38",  # finite in the models' float32
         "--vary 'Gold=1:2': 'Gold' is neither a condition (Temperature1, Temperature2, Speed, Time) nor a substance "
         "of the template"]
 
@@ -281,5 +284,34 @@ def test_recipes_to_predict_keep_their_file_lines(predictor, tmp_path):
     assert recipes.table["ID"].tolist() == [2, 4] and recipes.lines.tolist() == [2, 4]
     header_only = tmp_path / "header_only.xlsx"
     pd.DataFrame(columns=list(RECIPE_HEADERS)).to_excel(header_only, index=False)
-    with pytest.raises(RecipeError, match="header_only.xlsx:-:-: no recipes"):
+    with pytest.raises(RecipeError, match="header_only.xlsx:-:-: no rows below the header"):
         read_recipes(header_only, predictor.shapes)
+
+
+def test_design_and_large_predictions_show_a_bar(size_run, table, monkeypatch, capsys):
+    """On a terminal: a bar over the design trials with the best loss so far, and one per run for a large file."""
+    monkeypatch.setattr("nanocrystal.progress.interactive", lambda: True)
+    args = ["design", "--size-run", str(size_run), "--template", str(EXAMPLES / "template_pbse.csv"),
+            "--target-size", "8", "--vary", "Time=1:30", "--trials", "40", "--top", "2"]
+    assert main(args) == 0
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert bar.startswith("design: 100%") and "40/40" in bar and "best_loss" in bar
+    predictor = load_predictor(size_run)
+    predictor.predict(table.head(100))
+    assert capsys.readouterr().err == ""  # a small batch (each of design's) draws no bar
+    predictor.predict(table.head(2000))
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert bar.startswith(f"{size_run.name}: 2,000 recipes: 100%") and "2/2" in bar
+
+
+def test_the_largest_values_validation_accepts_give_finite_predictions(predictor, examples):
+    """Finite in float32 is what validation asks; the models' own float32 products must not overflow on such a value
+    (a heating rate of 3.4e38 °C/min once became inf, then NaN): out of domain, with finite numbers."""
+    recipe = examples.table.head(1)
+    edges = [("Speed", FLOAT32_MAX), ("Time", FLOAT32_MAX), ("A1", FLOAT32_MAX), ("A1", 1e-45),
+             ("Temperature2", MAX_TEMPERATURE_C), ("Temperature1", ABSOLUTE_ZERO_C)]
+    table = pd.concat([recipe.assign(**{column: value}) for column, value in edges], ignore_index=True)
+    prediction = predictor.predict(table)
+    numbers = prediction[["size_nm", "size_std", "p_failed", "domain_distance"]].to_numpy(float)
+    assert np.isfinite(numbers).all() and (prediction["size_nm"] > 0).all()
+    assert not prediction["in_domain"].any()

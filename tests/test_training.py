@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from filelock import FileLock
 
 from nanocrystal.cli import config_from_args
-from nanocrystal.config import resolve
+from nanocrystal.config import ROOT, resolve
 from nanocrystal.encode import MEASURED_SIZE, encode, fit_encoder
 from nanocrystal.engine import ensemble_predict, epoch_order, size_loss, train_member
-from nanocrystal.runs import (RunError, fold_data, inner_fold, load_fold_models, make_model_factory,
+from nanocrystal.runs import (LOCK_FILE, RunError, fold_data, inner_fold, load_fold_models, make_model_factory,
                               run_experiment)
 from nanocrystal.splits import paper_folds, product_folds
 
@@ -249,3 +252,42 @@ def test_help_shows_the_defaults_a_run_gets():
     helps = {a.dest: a.help for a in config_parser()._actions if a.option_strings[:1] == [f"--{a.dest}"]}
     assert helps["tree_blend"] == "(default 0.8)" and helps["lgbm_seeds"] == "(default 3)"
     assert helps["series_correction"] == "(default True)" and helps["preset"] == "(default 'cpu')"
+
+
+def test_a_folder_in_use_is_refused_and_left_alone(tmp_path):
+    """While another process holds the run folder's lock (filelock, as a training does for its whole run), neither
+    a new run nor --resume starts there, and nothing is written into it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    with FileLock(run / LOCK_FILE):
+        for extra in ([], ["--resume"]):
+            cfg = config_from_args(["--preset", "tiny", "--folds", "0", "--save_path", str(run), *extra])
+            with pytest.raises(RunError, match=f"^{run}: another training is running in this folder; wait for it"):
+                run_experiment(cfg)
+    assert [p.name for p in run.iterdir()] == [LOCK_FILE]
+
+
+def test_two_trainings_on_one_folder_exactly_one_runs(tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "train.py", "--preset", "tiny", "--folds", "0", "--epochs", "1", "--threads", "1",
+               "--save_path", str(run)]
+    processes = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    errors = [p.communicate(timeout=300)[1] for p in processes]
+    (ran, ran_err), (refused, refused_err) = sorted((p.returncode, err) for p, err in zip(processes, errors))
+    assert (ran, refused) == (0, 2) and ran_err == ""  # no progress bar without a terminal
+    # refused by the lock, or (had the first already written its config) as a folder holding a run
+    assert len(refused_err.splitlines()) == 1 and refused_err.startswith(str(run))
+    assert "another training is running" in refused_err or "already holds a run" in refused_err
+    log = (run / "log.txt").read_text()
+    assert log.count(f"run {run} (") == 1 and log.count("- eval - mae") == 1  # one run wrote the log
+
+
+def test_progress_is_logged_as_lines_without_a_terminal(tiny_run):
+    """No terminal (pytest captures the output): no tqdm bar, a line per fifth of a member's epochs in the log."""
+    lines = (tiny_run / "log.txt").read_text().splitlines()
+    progress = [line.split("[INFO]: ")[1] for line in lines if "epochs, member" in line]
+    assert [p.split(", loss")[0] for p in progress if p.startswith("fold0")] == [
+        f"fold0 transformer: {k}/3 epochs, member 1/1, epoch {k}/3" for k in (1, 2, 3)]
+    assert all(float(p.rsplit("loss ", 1)[1]) > 0 for p in progress)
+    assert "\r" not in "".join(lines)

@@ -1,0 +1,6 @@
+"""The kind of error a user can cause and fix: a bad file, flag, config or run folder, or a refused request."""
+
+
+class InputError(Exception):
+    """Its message says what is wrong and where (file:row:column, or the flag), one line per problem. The command line
+    prints it and exits 2, without a traceback; any other exception is a bug and keeps its traceback."""
