@@ -48,8 +48,12 @@ class Models:
     products: list[str]
     substances: list[str]
     starts: pd.DataFrame  # recipes a form can start from: the example template, then the dataset's recipes
-    start_labels: list[str]
+    start_labels: list[str]  # plain strings: a format_func over thousands of options costs every page a rerun
     load_s: float
+
+    @property
+    def start_position(self) -> dict[str, int]:
+        return {label: k for k, label in enumerate(self.start_labels)}
 
 
 @st.cache_resource(show_spinner="Loading the models (once per server process) ...")
@@ -129,8 +133,9 @@ def recipe_form(prefix: str, models: Models, start: int = 0) -> pd.DataFrame | N
     """Product, conditions and substances, starting from a recipe the user picks. The validated one-recipe table, or
     None after an inline message."""
     top = st.columns([2, 1])
-    chosen = top[0].selectbox("Start from", range(len(models.starts)), index=start, key=f"{prefix}-start",
-                              format_func=models.start_labels.__getitem__, help="type to search the dataset's recipes")
+    label = top[0].selectbox("Start from", models.start_labels, index=start, key=f"{prefix}-start",
+                             help="type to search the dataset's recipes")
+    chosen = models.start_position[label]
     base = models.starts.iloc[chosen]
     key = f"{prefix}-{chosen}"  # another starting recipe: fresh fields holding its values
     products = models.products if base[PRODUCT_NAME] in models.products else [*models.products, base[PRODUCT_NAME]]
@@ -230,8 +235,8 @@ def show_prediction(models: Models, prediction: pd.DataFrame) -> None:
 
 
 def show_nearest(models: Models, table: pd.DataFrame) -> None:
-    st.caption(f"The {NEAREST} nearest training recipes, with what was measured (in the size models' representation; "
-               "distance in units of the applicability threshold)")
+    st.caption(f"The {NEAREST} nearest training recipes, with what was measured (in the representation of each fold's "
+               "first size model; distance in units of the applicability threshold)")
     nearest = nearest_training(models.predictor.size, models.training, table, NEAREST)
     st.dataframe(nearest, hide_index=True, column_order=["distance", "ID", "product", "measured_size_nm",
                                                          "measured_shape", "particles_counted", *CONDITION_COLUMNS,
