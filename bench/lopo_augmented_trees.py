@@ -6,7 +6,7 @@ best_new.sh's model (LightGBM with the product descriptor: log size, Huber 0.05,
 at a fixed weight 0.3, where its inner CV picked 0.3 or 1 on the eight proxy products of bench/lopo_proxy.sh, four
 times each) on each held-out product's training rows, with the fold's augmented rows added at each weight w
 (0 = none); the featurizer's PCAs see the recipe rows only. Use it on products other than the four reported ones,
-e.g. on bench/lopo_proxy.sh's table (docs/shape_and_lopo.md, session 7):
+e.g. on bench/lopo_proxy.sh's table (docs/lopo.md, augmentation):
 
     python augment.py --data_dir runs/lopo-proxy/data --object_name Au Pd PbS InP --out runs/aug-proxy
     python bench/lopo_augmented_trees.py --data_dir runs/lopo-proxy/data --augmented runs/aug-proxy Au Pd PbS InP

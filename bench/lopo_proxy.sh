@@ -2,7 +2,7 @@
 # Leave-one-product-out choices made without the four reported products: a copy of the recipe table without PbSe,
 # Ag2S, Ni and Cs2NaBiCl6 (failures and shapes list as they are), and leave-one-product-out over four other products
 # (default Au, Pd, PbS, InP: 107, 85, 77 and 66 recipes of <= 20 nm). Runs, one after the other, each model that
-# best_new.sh could use: sessions 2-5's transformer of best_new.sh, the same with masked pretraining, LightGBM and
+# best_new.sh could use: the transformer without the product token, the same with masked pretraining, LightGBM and
 # extra trees with and without the product descriptor. Then `python -m nanocrystal.task_tables lopo` of each, and the
 # blend table of bench/lopo_blend.py (transformer beside the trees at weight w). ~15 min on 2 cores.
 #

@@ -7,13 +7,12 @@ without the failed syntheses); each `--transformer NAME=JSON` (Config overrides 
 failed syntheses included) is trained on the first inner fold of each outer fold (825 scored rows, two processes).
 Then the accuracy of each tree variant, of tree averages, of the trees' average moved towards the shape histogram
 of the recipe's series siblings (correction.py's siblings and distance), and of each transformer beside the trees at
-weight w. The held-out outer folds are never read. The tables of docs/shape_and_lopo.md (sessions 6 and 7) come
-from it:
+weight w. The held-out outer folds are never read. The inner-validation tables of docs/shape.md come from it:
 
     python bench/shape_inner_cv.py --transformer 'base={}' 'ep80={"epochs": 80}'   # measured size given, ~20 min
     python bench/shape_inner_cv.py --recipe_only --transformer none                 # trees only, recipe only, ~8 min
     python bench/shape_inner_cv.py --variants lgbm et lgbm_slow lgbm_pca16 et_pca16 lgbm_subs150 et_subs150 \
-        --transformer none                                                          # session 7's trees, ~7 min
+        --transformer none                                                          # tree variants, ~7 min
 """
 from __future__ import annotations
 
@@ -48,7 +47,7 @@ VARIANTS = {
     "et_product": ("et", dict(max_features=1.0), {"use_product": True}),
     "lgbm_200": ("lgbm", dict(num_leaves=31, n_estimators=200, learning_rate=0.05), {}),
     "et_300": ("et", dict(max_features=1.0, n_estimators=300), {}),
-    # session 7: slower boosting with row sampling; wider descriptor PCAs; more substance columns
+    # slower boosting with row sampling; wider descriptor PCAs; more substance columns (docs/shape.md)
     "lgbm_slow": ("lgbm", dict(num_leaves=31, n_estimators=300, learning_rate=0.03, min_child_samples=3,
                                subsample=0.8, subsample_freq=1), {}),
     "lgbm_pca16": ("lgbm", dict(num_leaves=31), {"descriptor_pca": 16}),

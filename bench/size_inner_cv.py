@@ -7,7 +7,7 @@ is trained on the first `--transformer_splits` inner folds of each outer fold (i
 2 cores). Then the MAE of each tree variant, and of each blend (1 - w) * transformer + w * trees on the inner folds the
 transformer has, then of each blend followed by the series correction (correction.py; each model's predictions for its
 own inner training rows give the residuals), over a grid of its scale and shrink. The held-out outer folds are never
-read. The tables of docs/size_ablations.md (sessions 3 and 4) come from it:
+read. The inner-validation tables of docs/size_model.md come from it:
 
     python bench/size_inner_cv.py --variants lgbm_log et_log --out runs/size-inner-cv.csv   # ~12 min on 2 cores
     python bench/size_inner_cv.py --variants lgbm_nm lgbm_log --transformer_splits 0      # trees only, ~1 min

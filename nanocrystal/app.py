@@ -24,8 +24,9 @@ import torch
 
 from nanocrystal.config import ROOT
 from nanocrystal.descriptors import DescriptorError
-from nanocrystal.design import DesignError, design, parse_vary, response, series_measurements
-from nanocrystal.predict import (FIELD_LABELS, FORM_SOURCE, OUTSIDE_COLUMN, WARNING_COLUMN, PredictError, Predictor,
+from nanocrystal.design import DEFAULT_TOLERANCE_NM, DesignError, design, parse_vary, response, series_measurements
+from nanocrystal.predict import (DEFAULT_CONFIDENCE, FIELD_LABELS, FORM_SOURCE, OUTSIDE_COLUMN, WARNING_COLUMN,
+                                 PredictError, Predictor,
                                  Recipes, TrainingRecipes, known_substances, load_predictor, measured,
                                  nearest_training, predict_recipes, product_overview, read_recipes, reagents_text,
                                  recipe_table, shape_column, training_recipes)
@@ -33,7 +34,6 @@ from nanocrystal.recipes import (AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, 
                                  TEMPERATURE_COLUMNS, RecipeError)
 
 EXAMPLE = ROOT / "examples" / "template_pbse.csv"
-CONFIDENCE = 0.9  # the level the app asks of a calibrated interval or prediction set
 UNITS = {"Temperature1": "°C", "Temperature2": "°C", "Speed": "°C/min", "Time": "min"}
 RESPONSE_POINTS = 30
 NEAREST = 5
@@ -82,11 +82,12 @@ def parameter_label(name: str) -> str:
 
 
 def size_interval(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Per row size_lo, size_hi and the size in words, and the band's name: the calibrated interval where the
-    prediction has one (size_lo, size_hi), else size_nm ± size_std, the spread of the run's models. The one place
-    that knows both."""
-    if {"size_lo", "size_hi"} <= set(frame.columns):
-        band = f"{CONFIDENCE * 100:.0f} % interval"
+    """Per row size_lo, size_hi and the size in words, and the band's name: the calibrated interval (predict's
+    DEFAULT_CONFIDENCE) where the size run has a calibration, else size_nm ± size_std, the spread of the run's models
+    (a run trained with --calibration_folds 0, or before calibration existed: size_lo is NaN). The one place that
+    knows both."""
+    if {"size_lo", "size_hi"} <= set(frame.columns) and frame["size_lo"].notna().all():
+        band = f"{DEFAULT_CONFIDENCE * 100:.0f} % interval"
         low, high = frame["size_lo"], frame["size_hi"]
         words = [f"{s:.1f} nm ({band} {lo:.1f}–{hi:.1f} nm)" for s, lo, hi in zip(frame["size_nm"], low, high)]
     else:
@@ -228,8 +229,8 @@ def show_prediction(models: Models, prediction: pd.DataFrame) -> None:
         st.caption("Shape")
         st.markdown(f"Most likely **{row['shape']}** (probability {row[shape_column(row['shape'])]:.2f}); "
                     f"chance that the synthesis fails: **{row['p_failed']:.0%}**.")
-        if "shape_set" in prediction:
-            st.markdown(f"Prediction set ({CONFIDENCE * 100:.0f} %): {row['shape_set'].replace('|', ', ')}")
+        if row.get("shape_set"):  # empty for a shape run without calibration
+            st.markdown(f"Prediction set ({DEFAULT_CONFIDENCE * 100:.0f} %): {row['shape_set'].replace('|', ', ')}")
         st.altair_chart(shape_chart(row, models.predictor.shapes), width="stretch")
     (st.success if row["in_domain"] else st.warning)(applicability_words(row))
 
@@ -288,8 +289,8 @@ def predict_file(models: Models) -> None:
         return
     prediction = predict_recipes(models.predictor, recipes, allow_unknown=True)
     words, _ = size_interval(prediction)
-    shown = ["ID", "product", "size", *(["shape", "p_failed"] if "shape" in prediction else []), "in_domain",
-             OUTSIDE_COLUMN, WARNING_COLUMN]
+    shapes = ["shape", "shape_set", "p_failed"] if "shape" in prediction else []
+    shown = ["ID", "product", "size", *shapes, "in_domain", OUTSIDE_COLUMN, WARNING_COLUMN]
     st.dataframe(prediction.assign(size=words["size"])[shown], hide_index=True)
     st.download_button("Download the predictions (CSV, every column)", csv_bytes(prediction),
                        file_name=f"{Path(upload.name).stem}-predictions.csv", mime="text/csv", on_click="ignore")
@@ -349,8 +350,12 @@ def design_page(models: Models) -> None:
         if table is None or not known_or_message(models, table):
             return
     with right:
-        target = st.number_input("Target size (nm)", min_value=0.1, value=8.0, step=0.5, format="%g",
-                                 key="design-target")
+        columns = st.columns(2)
+        target = columns[0].number_input("Target size (nm)", min_value=0.1, value=8.0, step=0.5, format="%g",
+                                         key="design-target")
+        tolerance = columns[1].number_input("Tolerance (± nm)", min_value=0.01, value=DEFAULT_TOLERANCE_NM, step=0.1,
+                                            format="%g", key="design-tolerance",
+                                            help="candidates are ranked by the probability of a size within it")
         target_shape = None
         if models.predictor.shape is not None:
             target_shape = st.selectbox("Target shape", [None, *models.predictor.shapes], key="design-target-shape",
@@ -364,9 +369,15 @@ def design_page(models: Models) -> None:
         trials = columns[1].number_input("Trials", min_value=32, max_value=4096, value=256, step=32,
                                          key="design-trials")
         seed = columns[2].number_input("Seed", min_value=0, value=0, key="design-seed")
-        search = st.button("Search", type="primary", key="design-search")
+        calibrated = models.predictor.size_calibration is not None
+        if not calibrated:
+            st.warning("This size run has no calibration (trained with --calibration_folds 0, or before calibration "
+                       "existed): Design ranks candidates by calibrated probabilities. Train the size run again "
+                       "(bash scripts/best_size.sh) to search.")
+        search = st.button("Search", type="primary", key="design-search", disabled=not calibrated)
     if not search:
-        st.info("Set the target and the ranges, then press Search.")
+        if calibrated:
+            st.info("Set the target and the ranges, then press Search.")
         return
     ranges = parse_ranges(specs, table)
     if ranges is None:
@@ -377,21 +388,23 @@ def design_page(models: Models) -> None:
         bar.progress(done / total, text=f"{done} of {total} candidates evaluated; best loss {best:.2f}")
     try:
         result = design(models.predictor, table, target, ranges, target_shape, int(top), int(trials), int(seed),
-                        on_batch=progress)
+                        on_batch=progress, tolerance=tolerance)
     except DesignError as error:
         show_problems(error.problems)
         return
     for warning in result.warnings:
         st.warning(warning)
-    show_candidates(result.table, ranges, target_shape)
+    show_candidates(result.table, ranges, target_shape, tolerance)
 
 
-def show_candidates(candidates: pd.DataFrame, ranges, target_shape: str | None) -> None:
+def show_candidates(candidates: pd.DataFrame, ranges, target_shape: str | None, tolerance: float) -> None:
     words, _ = size_interval(candidates)
     view = candidates.rename(columns={r.column: parameter_label(r.name) for r in ranges}).assign(size=words["size"])
-    shown = ["ID", *[parameter_label(r.name) for r in ranges], "size", *(["p_within"] if "p_within" in view else []),
+    shown = ["ID", *[parameter_label(r.name) for r in ranges], "size", "p_within",
              *([shape_column(target_shape), "p_failed"] if target_shape else []), "in_domain", "loss"]
-    st.dataframe(view[shown], hide_index=True, column_config={"in_domain": "in domain"})
+    st.dataframe(view[shown], hide_index=True, column_config={
+        "in_domain": "in domain", "p_within": st.column_config.NumberColumn(
+            f"P(size within ±{tolerance:g} nm)", format="%.2f")})
     st.download_button("Download the candidates (CSV; predict reads it back as recipes)", csv_bytes(candidates),
                        file_name="design.csv", mime="text/csv", on_click="ignore")
 

@@ -1,7 +1,7 @@
 """Tree baselines (decision tree, random forest, extra trees, HistGradientBoosting, LightGBM) on the fixed-length
 recipe vector.
 
-`fit_tree_fold` is what `runs.run_fold` calls for `--model dt|rf|et|hgb|lgbm`: same folds, pools and run folder as the
+`fit_selected` is what `runs.run_fold` calls for `--model dt|rf|et|hgb|lgbm`: same folds, pools and run folder as the
 transformer. Selection is honest: every (hyper-parameters, weak-row weight) candidate of the small grids below is scored
 by a 3-fold inner cross-validation over the fold's *training* rows (grouped by recipe series for the grouped split, by
 product for leave-one-product-out), the best one is refitted on all training rows, and the held-out fold is predicted
@@ -37,7 +37,7 @@ from .splits import inner_groups, inner_pool
 INNER_FOLDS = 3
 
 # Size models fit log(size) and predict exp of it: sizes are positive and their errors grow with them. Inner 3-fold CV
-# over the training rows of all 5 paper-split folds (2,468 scored predictions, docs/size_ablations.md): LightGBM
+# over the training rows of all 5 paper-split folds (2,468 scored predictions, docs/size_model.md): LightGBM
 # 1.766 -> 1.737 nm, random forest 1.766 -> 1.738, extra trees 1.741 -> 1.718.
 SIZE_TARGET = (np.log, np.exp)
 
@@ -45,7 +45,7 @@ SIZE_TARGET = (np.log, np.exp)
 # noisy (few particles counted) but plentiful. Shape: 1, as in the transformer's shape loss; the particle count
 # concerns the size statistics, not the shape seen on the micrographs.
 WEAK_WEIGHTS: dict[str, tuple[float, ...]] = {"size": (0.1, 0.3, 1.0), "shape": (1.0,)}
-# Extra trees for size: weight 1, fixed (inner CV, docs/size_ablations.md: 1.697 nm against 1.718 at 0.3 and 1.714 at
+# Extra trees for size: weight 1, fixed (inner CV, docs/size_model.md: 1.697 nm against 1.718 at 0.3 and 1.714 at
 # 0.1); a third of the selection time, which the cpu preset's blend pays in every fold.
 FIXED_WEAK_WEIGHTS: dict[tuple[str, str], tuple[float, ...]] = {("et", "size"): (1.0,)}
 
@@ -158,11 +158,12 @@ def inner_score(task: str, rows: pd.DataFrame, prediction: dict[str, np.ndarray]
 
 # ---- inner cross-validation -----------------------------------------------------------------------------------------
 
-def inner_splits(cfg: Config, train: pd.DataFrame, weak: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def inner_splits(cfg: Config, train: pd.DataFrame, weak: np.ndarray,
+                 n_splits: int = INNER_FOLDS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(fit rows, score rows) positions into `train`; every row of a scored group leaves the fit rows."""
     pool = np.flatnonzero(inner_pool(cfg, train, weak))
     groups = inner_groups(cfg, train)
-    n_splits = min(INNER_FOLDS, len(np.unique(groups[pool])))
+    n_splits = min(n_splits, len(np.unique(groups[pool])))
     if n_splits < 2:
         raise ValueError(f"inner validation needs 2 groups of training rows like the validation rows, got {n_splits}")
     splitter = GroupKFold(n_splits=n_splits, shuffle=True, random_state=cfg.seed)
@@ -187,7 +188,7 @@ def fit_predict(cfg: Config, store: DescriptorStore, train: pd.DataFrame, weak: 
 
 def loss_params(cfg: Config) -> dict[str, Any]:
     """--lgbm_huber_delta: LightGBM's size loss on log(size) becomes Huber. Alone it scores worse than squared error,
-    but its training residuals leave more for the series correction (inner CV, docs/size_ablations.md, session 5)."""
+    but its training residuals leave more for the series correction (inner CV, docs/size_model.md)."""
     if cfg.model == "lgbm" and cfg.task == "size" and cfg.lgbm_huber_delta > 0:
         return {"objective": "huber", "alpha": cfg.lgbm_huber_delta}
     return {}
@@ -229,7 +230,7 @@ def selection_summary(model: str, task: str) -> str:
 
 def model_seeds(cfg: Config) -> list[int]:
     """LightGBM is refitted with `lgbm_seeds` seeds and averaged: its column sampling makes one fit noisy (inner CV,
-    docs/size_ablations.md, session 5). The forests already average their trees."""
+    docs/size_model.md). The forests already average their trees."""
     return [cfg.seed + k for k in range(cfg.lgbm_seeds if cfg.model == "lgbm" else 1)]
 
 
@@ -247,7 +248,29 @@ class FittedTree:
     """A tree model refitted on all of a fold's training rows with its inner-CV choice (one fit per seed)."""
     features: RecipeFeaturizer
     estimators: list[Any]
+    candidate: Candidate
     selection: dict[str, Any]
+
+    def predict(self, cfg: Config, table: pd.DataFrame, n_shapes: int) -> dict[str, np.ndarray]:
+        with threadpool_limits(limits=n_threads(cfg)):
+            return predict_mean(cfg.task, self.estimators, self.features.transform(table), n_shapes)
+
+    def log_members(self, cfg: Config, table: pd.DataFrame) -> np.ndarray:
+        """Size: (rows, members) log(size) of every member: a forest's trees, LightGBM's seeds, else the model."""
+        x = self.features.transform(table)
+        with threadpool_limits(limits=n_threads(cfg)):
+            return np.column_stack([member.predict(x) for estimator in self.estimators
+                                    for member in getattr(estimator.regressor_, "estimators_", [estimator.regressor_])])
+
+
+def fit_chosen(cfg: Config, train: pd.DataFrame, weak: np.ndarray, store: DescriptorStore, candidate: Candidate,
+               selection: dict[str, Any] | None = None) -> FittedTree:
+    """`cfg.model` with a chosen candidate, fitted on `train` (featurizer included), one fit per seed."""
+    with threadpool_limits(limits=n_threads(cfg)):
+        features = featurizer(cfg, store).fit(train)
+        x_train, y_train = features.transform(train), targets(cfg.task, train)
+        estimators = [fit_estimator(cfg, candidate, x_train, y_train, weak, seed) for seed in model_seeds(cfg)]
+    return FittedTree(features, estimators, candidate, selection or {})
 
 
 def fit_selected(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> FittedTree:
@@ -258,9 +281,6 @@ def fit_selected(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> Fi
     weak = np.asarray(data.train_weak, dtype=bool)
     with threadpool_limits(limits=n_threads(cfg)):
         best, table = select(cfg, store, data.train, weak, n_shapes)
-        features = featurizer(cfg, store).fit(data.train)
-        x_train, y_train = features.transform(data.train), targets(cfg.task, data.train)
-        estimators = [fit_estimator(cfg, best, x_train, y_train, weak, seed) for seed in model_seeds(cfg)]
     selection = {
         "summary": selection_summary(cfg.model, cfg.task),
         "inner_metric": "1 - accuracy" if cfg.task == "shape" else "mae",
@@ -269,18 +289,7 @@ def fit_selected(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> Fi
         "seeds": model_seeds(cfg),
         "candidates": table,
     }
-    return FittedTree(features, estimators, selection)
-
-
-def fit_tree_fold(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> dict[str, Any]:
-    """One outer fold: choose on inner validation of `data.train`, refit on all of it, predict `data.valid` once.
-    `data` is a runs.FoldData (train, valid, train_weak). Returns the prediction dict of `runs.score` plus
-    `selection` (the chosen candidate, the inner metric and every candidate's inner score)."""
-    fitted = fit_selected(cfg, data, store, n_shapes)
-    with threadpool_limits(limits=n_threads(cfg)):
-        prediction = predict_mean(cfg.task, fitted.estimators, fitted.features.transform(data.valid), n_shapes)
-    prediction["selection"] = fitted.selection
-    return prediction
+    return fit_chosen(cfg, data.train, weak, store, best, selection)
 
 
 # ---- trees beside the transformer (--tree_blend, --blend_models) -----------------------------------------------------
@@ -323,7 +332,8 @@ class Forest:
     def from_state(cls, state: dict[str, torch.Tensor], classifier: bool) -> "Forest":
         return cls({name: value.numpy() for name, value in state.items()}, classifier)
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def leaves(self, x: np.ndarray) -> np.ndarray:
+        """(rows, trees, outputs): each tree's leaf value for each row."""
         s = self.state
         x = np.asarray(x, dtype=np.float32)  # sklearn trees compare float32 inputs with their thresholds
         rows = np.arange(len(x))[:, None]
@@ -332,31 +342,47 @@ class Forest:
             value = x[rows, s["feature"][node]]
             go_left = np.where(np.isnan(value), s["missing_left"][node], value <= s["threshold"][node])
             node = np.where(go_left, s["left"][node], s["right"][node])
-        leaves = s["value"][node]  # (rows, trees, outputs)
+        return s["value"][node]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        leaves = self.leaves(x)
         if not self.classifier:
             return leaves[..., 0].mean(axis=1)
         return (leaves / leaves.sum(axis=2, keepdims=True)).mean(axis=1)
 
 
-def fit_blend(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> list[dict[str, Any]]:
-    """The fold's models of `cfg.blend_models`, each chosen and fitted as `--model <name>` would (for shape without
-    the failed syntheses, as baselines.sh), as checkpoint entries that `torch.load(weights_only=True)` reads back: the
-    featurizer's state, the model (LightGBM's own text, or a forest's tensors), the classes it saw and its selection."""
-    # the recipe table's own rows; for shape without the failed syntheses
+def blend_rows(cfg: Config, data):
+    """The rows the blend's tree models fit: the recipe table's own rows (no augmented ones); for shape without the
+    failed syntheses, as baselines.sh (on inner validation they did not help, and cost 2.5x the time)."""
     keep = ~data.train_augmented
     if cfg.task == "shape":
         keep &= ~data.train["failed"].to_numpy()
-    data = replace(data, train=data.train[keep].reset_index(drop=True), train_weak=data.train_weak[keep],
+    return replace(data, train=data.train[keep].reset_index(drop=True), train_weak=data.train_weak[keep],
                    train_augmented=data.train_augmented[keep])
+
+
+def blend_configs(cfg: Config) -> list[Config]:
+    """One config per model of `cfg.blend_models`: each is chosen and fitted as `--model <name>` would be."""
+    return [replace(cfg, model=model, augmented="") for model in cfg.blend_models]
+
+
+def fit_blend(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> list[FittedTree]:
+    """The fold's models of `cfg.blend_models`, each chosen by inner CV and fitted on `blend_rows`."""
+    rows = blend_rows(cfg, data)
+    return [fit_selected(model_cfg, rows, store, n_shapes) for model_cfg in blend_configs(cfg)]
+
+
+def blend_state(cfg: Config, fitted: list[FittedTree]) -> list[dict[str, Any]]:
+    """`fit_blend`'s models as checkpoint entries that `torch.load(weights_only=True)` reads back: the featurizer's
+    state, the model (LightGBM's own text, or a forest's tensors), the classes it saw and its selection."""
     entries = []
-    for model in cfg.blend_models:
-        fitted = fit_selected(replace(cfg, model=model, augmented=""), data, store, n_shapes)
-        estimators = [e.regressor_ if cfg.task == "size" else e for e in fitted.estimators]
+    for model, tree in zip(cfg.blend_models, fitted):
+        estimators = [e.regressor_ if cfg.task == "size" else e for e in tree.estimators]
         saved = ({"boosters": [e.booster_.model_to_string() for e in estimators]} if model == "lgbm"
                  else {"forest": forest_state(estimators[0])})
         classes = getattr(estimators[0], "classes_", np.zeros(0, int))
-        entries.append({"model": model, "features": fitted.features.to_state(), **saved,
-                        "classes": torch.as_tensor(classes, dtype=torch.long), "selection": json.dumps(fitted.selection)})
+        entries.append({"model": model, "features": tree.features.to_state(), **saved,
+                        "classes": torch.as_tensor(classes, dtype=torch.long), "selection": json.dumps(tree.selection)})
     return entries
 
 
@@ -390,6 +416,14 @@ class BlendModel:
         proba[:, self.classes] = raw
         return proba
 
+    def log_members(self, table: pd.DataFrame) -> np.ndarray:
+        """Size: (rows, members) log(size) of every member (a forest's trees, LightGBM's seeds), as
+        `FittedTree.log_members` gives them for the same model fitted in sklearn form."""
+        x = self.features.transform(table)
+        with threadpool_limits(limits=1):
+            return np.column_stack([m.predict(x, num_threads=1)[:, None] if isinstance(m, lgb.Booster)
+                                    else m.leaves(x)[..., 0] for m in self.models])
+
 
 @dataclass(frozen=True)
 class TreeBlend:
@@ -402,3 +436,13 @@ class TreeBlend:
 
     def predict(self, table: pd.DataFrame) -> np.ndarray:
         return np.mean([model.predict(table) for model in self.models], axis=0)
+
+    def log_spread(self, table: pd.DataFrame) -> np.ndarray:
+        """Size: the mean over the models of the spread (standard deviation) of their members' log(size)."""
+        return member_spread([model.log_members(table) for model in self.models])
+
+
+def member_spread(log_members: list[np.ndarray]) -> np.ndarray:
+    """The mean over models of the standard deviation of their members' log(size): a difficulty of the recipe
+    (members disagree where training rows are few or conflicting). A model with one member adds 0."""
+    return np.mean([members.std(axis=1) for members in log_members], axis=0)

@@ -1,4 +1,5 @@
-"""`python -m nanocrystal <command>`: fetch, validate, convert, report, predict, design, app."""
+"""`python -m nanocrystal <command>` (or `nanocrystal <command>`): fetch, validate, convert, train, report, predict,
+design, app."""
 from __future__ import annotations
 
 import argparse
@@ -80,19 +81,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from .descriptors import DescriptorError
     from .files import save_csvs
-    from .predict import PredictError, load_predictor, predict_recipes, read_recipes, summary
+    from .predict import PredictError, legend, load_predictor, predict_recipes, read_recipes, summary
     from .recipes import RecipeError
 
     torch.set_num_threads(1)  # small batches: one thread is fastest on a shared CPU
     try:
         predictor = load_predictor(args.size_run, args.shape_run)
-        table = predict_recipes(predictor, read_recipes(args.recipes, predictor.shapes), args.allow_unknown)
+        table = predict_recipes(predictor, read_recipes(args.recipes, predictor.shapes), args.allow_unknown,
+                                args.confidence)
         if args.out:
             save_csvs([(table, Path(args.out))], args.force)
     except (RecipeError, PredictError, DescriptorError, OSError) as error:
         print(str(error), file=sys.stderr)
         return 2
     print(summary(table))
+    print(legend(table, args.confidence))
     if args.out:
         print(f"wrote {args.out}")
     return 0
@@ -106,7 +109,7 @@ def cmd_design(args: argparse.Namespace) -> int:
     from .descriptors import DescriptorError
     from .design import DesignError, design, parse_vary
     from .files import save_csvs
-    from .predict import PredictError, check_known, load_predictor, read_recipes, shape_column, summary
+    from .predict import PredictError, check_known, legend, load_predictor, read_recipes, shape_column, summary
     from .recipes import RecipeError
 
     start = time.time()
@@ -117,7 +120,7 @@ def cmd_design(args: argparse.Namespace) -> int:
         check_known(predictor, template)
         ranges = parse_vary(args.vary, template.table.iloc[0])
         result = design(predictor, template.table, args.target_size, ranges, args.target_shape, args.top,
-                        args.trials, args.seed)
+                        args.trials, args.seed, tolerance=args.tolerance, confidence=args.confidence)
         if args.out:
             save_csvs([(result.table, Path(args.out))], args.force)
     except (RecipeError, DesignError, PredictError, DescriptorError, OSError) as error:
@@ -128,6 +131,7 @@ def cmd_design(args: argparse.Namespace) -> int:
     varied = {r.column: r.name for r in ranges}  # the console names an amount by its substance
     target = [shape_column(args.target_shape)] if args.target_shape else []
     print(summary(result.table.rename(columns=varied), ["T2", *varied.values(), *target]))
+    print(legend(result.table, args.confidence) + f"; p_within: P(|size - {args.target_size:g}| <= {args.tolerance:g} nm)")
     print(f"{result.evaluated} candidates searched in {time.time() - start:.1f} s"
           + (f"; wrote {args.out}" if args.out else ""))
     return 0
@@ -255,6 +259,10 @@ def train_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    return train_main(args.args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nanocrystal", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -263,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--root", default=str(ROOT), help="project folder that receives data/ and feats/")
     fetch.add_argument("--mirror", default=None, help="local copy of the upstream repository files")
     fetch.set_defaults(handler=cmd_fetch)
+
+    # every Config field is a flag of train.py's own parser: pass the arguments through untouched ("\0": no options)
+    train = commands.add_parser("train", help="train and evaluate over the folds of a split, as `python train.py` "
+                                "(`nanocrystal train --help` lists the flags)", add_help=False, prefix_chars="\0")
+    train.add_argument("args", nargs=argparse.REMAINDER)
+    train.set_defaults(handler=cmd_train)
 
     validate = commands.add_parser("validate", help="check a recipe CSV and print a summary, or every error")
     validate.add_argument("file")
@@ -290,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--allow-unknown", action="store_true",
                          help="substances without a descriptor count as zeros (warning column) instead of an error")
     predict.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    predict.add_argument("--confidence", type=float, default=0.9,
+                         help="of the size interval (size_lo, size_hi) and the shape set (default 0.9)")
     predict.set_defaults(handler=cmd_predict)
 
     design = commands.add_parser("design", help="search conditions and amounts of a template for a target size/shape")
@@ -303,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     design.add_argument("--top", type=int, default=5, help="distinct candidates to return")
     design.add_argument("--trials", type=int, default=256, help="candidates to evaluate")
     design.add_argument("--seed", type=int, default=0, help="sampler seed: the same seed gives the same candidates")
+    design.add_argument("--tolerance", type=float, default=0.5,
+                        help="nm: candidates are ranked by P(|size - target| <= tolerance) (default 0.5)")
+    design.add_argument("--confidence", type=float, default=0.9, help="of each candidate's size interval (default 0.9)")
     design.add_argument("--out", default=None, help="CSV to write: model columns + predictions")
     design.add_argument("--force", action="store_true", help="replace OUT if it exists")
     design.set_defaults(handler=cmd_design)

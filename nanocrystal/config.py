@@ -76,6 +76,8 @@ class Config:
     correction_scale: float = 0.25  # condition distance at which a sibling's weight falls by e
     correction_shrink: float = 0.0  # >0 pulls the correction towards none when the siblings are few or far
     inner_val_frac: float = 0.0  # >0: pick the epoch count on this part of the training rows, then refit
+    confidence: float = 0.9  # of the size intervals and shape sets in oof_predictions.csv and metrics.json
+    calibration_folds: int = 10  # inner folds whose out-of-fold predictions calibrate them (0 = none; uncertainty.py)
     eval_every: int = 0  # >0: also log the held-out fold every N epochs, labelled val-selected (upstream style)
     threads: int = 1  # torch threads per process (0 = torch's default)
     workers: int = 1  # folds trained in parallel processes
@@ -98,6 +100,9 @@ class Config:
         if self.lgbm_seeds < 1 or self.lgbm_huber_delta < 0:
             raise ValueError(f"--lgbm_seeds must be >= 1 and --lgbm_huber_delta >= 0, got {self.lgbm_seeds} and "
                              f"{self.lgbm_huber_delta}")
+        if not 0 < self.confidence < 1 or self.calibration_folds < 0 or self.calibration_folds == 1:
+            raise ValueError(f"--confidence must be in (0, 1) and --calibration_folds 0 or >= 2, got {self.confidence} "
+                             f"and {self.calibration_folds}")
         if not 0 < self.failure_fraction <= 1:
             raise ValueError(f"--failure_fraction must be in (0, 1], got {self.failure_fraction}")
         if self.correction_scale <= 0 or self.correction_shrink < 0:
@@ -126,12 +131,12 @@ class Config:
 PRESETS: dict[str, dict] = {
     # the transformer ensemble averaged with the fold's LightGBM and extra trees at weight 0.8, then (size) the series
     # correction: models, weight and correction were chosen on inner validation, for size and for shape
-    # (docs/size_ablations.md, docs/shape_and_lopo.md); for size, LightGBM is 3 seeds' mean with a Huber loss
-    # (session 5; best_cls.sh keeps shape's validated single LightGBM, baselines.sh LightGBM's squared error)
+    # (docs/size_model.md, docs/shape.md); for size, LightGBM is 3 seeds' mean with a Huber loss
+    # (best_cls.sh keeps shape's validated single LightGBM, baselines.sh LightGBM's squared error)
     "cpu": dict(workers=2, tree_blend=0.8, blend_models=["lgbm", "et"], lgbm_seeds=3, lgbm_huber_delta=0.05,
                 series_correction=True),
     "tiny": dict(d_model=16, depth=1, n_heads=2, d_ffn=32, epochs=3, batch_size=256, n_members=1, snapshots=1,
-                 warmup_epochs=1),
+                 warmup_epochs=1, calibration_folds=3),
     "paper": dict(d_model=256, depth=8, n_heads=4, d_ffn=256, dropout=0.1, epochs=8000, pretrain_epochs=200,
                   batch_size=256, lr=2e-4, weight_decay=0.01, warmup_epochs=10, ema_decay=0.99,
                   amount_scaling="robust", numeric_embedding="mlp", substance_embedding=False, n_members=1,

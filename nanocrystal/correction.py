@@ -9,7 +9,7 @@ rows; fully grown extra trees leave none). Siblings of a new recipe share most o
 
 and a recipe without siblings keeps its prediction. Siblings are the training rows of the same series with a size
 (0 < size <= 20 nm), weak ones included. Scale and shrink were chosen on inner cross-validation over the training
-rows of the paper split (docs/size_ablations.md, session 4).
+rows of the paper split (docs/size_model.md).
 """
 from __future__ import annotations
 
@@ -93,3 +93,37 @@ class SeriesCorrection:
     def from_state(cls, state: dict) -> "SeriesCorrection":
         return cls(np.asarray(state["keys"], dtype=object), state["conditions"].numpy(),
                    state["log_residuals"].numpy(), float(state["scale"]), float(state["shrink"]))
+
+
+@dataclass(frozen=True)
+class Siblings:
+    """A model's training rows with a size, by recipe series: whether a recipe's series has training rows (seen), and
+    how close they are (proximity: the sum of exp(-d / scale) over them, the series correction's weights)."""
+    keys: np.ndarray
+    conditions: np.ndarray
+    scale: float
+
+    @classmethod
+    def of(cls, train: pd.DataFrame, scale: float) -> "Siblings":
+        rows = train[has_size(train).to_numpy()]
+        return cls(series_keys(rows).to_numpy(object), scaled_conditions(rows), scale)
+
+    @cached_property
+    def groups(self) -> dict[str, np.ndarray]:
+        """Built once, as SeriesCorrection.groups."""
+        return series_groups(self.keys)
+
+    def proximity(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(seen, proximity) of each row of `table`."""
+        seen, proximity = np.zeros(len(table), bool), np.zeros(len(table))
+        for row, _, weights in siblings(self.groups, self.conditions, table, self.scale):
+            seen[row], proximity[row] = True, weights.sum()
+        return seen, proximity
+
+    def to_state(self) -> dict:
+        return {"keys": [str(k) for k in self.keys], "conditions": torch.from_numpy(self.conditions),
+                "scale": self.scale}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Siblings":
+        return cls(np.asarray(state["keys"], dtype=object), state["conditions"].numpy(), float(state["scale"]))

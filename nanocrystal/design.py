@@ -2,13 +2,18 @@
 
 The template's named conditions (Temperature1, Temperature2, Time, Speed) and reagent amounts (by substance name) are
 sampled within the given ranges by a seeded TPE sampler, a batch of trials at a time, and every batch is predicted in
-one call per model. A candidate's loss (lower is better), in nm-equivalents:
+one call per model. Candidates are ranked by the probability that the synthesis gives what was asked for, under the
+size run's calibrated predictive distribution (uncertainty.py), not by the point prediction alone:
 
-    |size_nm - target|
-    + SHAPE_WEIGHT * (1 - p(target shape)) + FAILED_WEIGHT * p_failed      (only with a target shape)
-    + OUT_OF_DOMAIN_NM + DOMAIN_WEIGHT * max(domain_distance - 1, 0)     (only when out of domain: too far from
-                                                                          the training recipes, or outside their range)
+    p_success = p_within                                    P(|size - target| <= tolerance)
+                * p(target shape) * (1 - p_failed)          (only with a target shape)
+    loss = 1 - p_success
+           + OUT_OF_DOMAIN + DOMAIN_WEIGHT * max(domain_distance - 1, 0)   (only when out of domain: too far from the
+                                                                            training recipes, or outside their range)
+           + TIE_BREAK * |size_nm - target|                 (orders candidates of equal probability, e.g. all 0 for
+                                                             an unreachable target, by the point prediction)
 
+An out-of-domain candidate always ranks below an in-domain one: calibration holds for recipes like the training ones.
 Values are rounded to what a chemist sets (temperatures to 1 °C, time, heating rate and amounts to 3 significant
 digits) and then clipped into the range, so every candidate predicted is inside the ranges and is exactly the recipe
 returned. The top K distinct candidates are returned: going down the ranking, a candidate is kept only if it differs
@@ -25,18 +30,18 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from .predict import Predictor, TrainingRecipes, measured, shape_column, training_positions
+from .predict import DEFAULT_CONFIDENCE, Predictor, TrainingRecipes, measured, shape_column, training_positions
 from .recipes import (ABSOLUTE_ZERO_C, AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, NAME_COLUMNS, PRODUCT_NAME,
                       REQUIRED_COLUMNS, TEMPERATURE_COLUMNS, UNKNOWN, load_dataset)
 from .splits import combined_table
 
-SHAPE_WEIGHT = 2.0  # nm per unit of target-shape probability
-FAILED_WEIGHT = 2.0  # nm per unit of failure probability
-OUT_OF_DOMAIN_NM = 5.0  # flat penalty: an in-domain candidate a few nm off beats an out-of-domain one on target
-DOMAIN_WEIGHT = 10.0  # nm per unit of domain distance beyond the threshold
+OUT_OF_DOMAIN = 1.0  # flat penalty, the whole range of 1 - p_success: any in-domain candidate ranks first
+DOMAIN_WEIGHT = 1.0  # per unit of domain distance beyond the threshold
+TIE_BREAK = 1e-6  # per nm off target: below one step of p_within (1 / calibration rows)
 BATCH = 32  # trials asked, predicted together, then told
 SIGNIFICANT_DIGITS = 3
 MIN_SPACING = 0.05  # fraction of a range's width between two returned candidates
+DEFAULT_TOLERANCE_NM = 0.5
 
 
 class DesignError(ValueError):
@@ -128,15 +133,20 @@ def coverage_warnings(predictor: Predictor, product: str, ranges: list[Range]) -
     return warnings
 
 
-def loss(prediction: pd.DataFrame, target_size: float, target_shape: str | None) -> np.ndarray:
-    value = (prediction["size_nm"] - target_size).abs().to_numpy()
+def success_probability(prediction: pd.DataFrame, target_shape: str | None) -> np.ndarray:
+    value = prediction["p_within"].to_numpy()
     if target_shape is not None:
-        value = value + SHAPE_WEIGHT * (1 - prediction[shape_column(target_shape)].to_numpy())
-        value = value + FAILED_WEIGHT * prediction["p_failed"].to_numpy()
+        value = value * prediction[shape_column(target_shape)].to_numpy() * (1 - prediction["p_failed"].to_numpy())
+    return value
+
+
+def loss(prediction: pd.DataFrame, target_size: float, target_shape: str | None) -> np.ndarray:
+    value = 1.0 - success_probability(prediction, target_shape)
     # out of domain: too far from the training recipes, or a value outside their range (predict's in_domain)
     excess = np.maximum(prediction["domain_distance"].to_numpy() - 1.0, 0.0)
     outside = ~prediction["in_domain"].to_numpy(bool)
-    return value + np.where(outside, OUT_OF_DOMAIN_NM + DOMAIN_WEIGHT * excess, 0.0)
+    off_target = np.abs(prediction["size_nm"].to_numpy() - target_size)
+    return value + np.where(outside, OUT_OF_DOMAIN + DOMAIN_WEIGHT * excess, 0.0) + TIE_BREAK * off_target
 
 
 def unit_coordinates(table: pd.DataFrame, ranges: list[Range]) -> np.ndarray:
@@ -176,9 +186,18 @@ class Design:
 
 def design(predictor: Predictor, template: pd.DataFrame, target_size: float, ranges: list[Range],
            target_shape: str | None = None, top: int = 5, trials: int = 256, seed: int = 0,
-           on_batch: Optional[Callable[[int, int, float], None]] = None) -> Design:
-    """Search the ranges with TPE(seed) in batches; return the `top` distinct candidates by loss. `on_batch`
-    (progress: a bar in the CLI or the app) is called after each batch with (evaluated, trials, best loss so far)."""
+           on_batch: Optional[Callable[[int, int, float], None]] = None, tolerance: float = DEFAULT_TOLERANCE_NM,
+           confidence: float = DEFAULT_CONFIDENCE) -> Design:
+    """Search the ranges with TPE(seed) in batches; return the `top` distinct candidates by loss, each with `p_within`
+    (size within `tolerance` nm of the target) and its interval at `confidence`. `on_batch` (progress: a bar in the
+    CLI or the app) is called after each batch with (evaluated, trials, best loss so far)."""
+    if predictor.size_calibration is None:
+        raise DesignError([f"{predictor.size.path}: the size run has no calibration (trained with "
+                           "--calibration_folds 0): design ranks by calibrated probabilities; train it with them"])
+    if not (math.isfinite(tolerance) and tolerance > 0):
+        raise DesignError([f"--tolerance {tolerance:g}: must be a positive number of nm"])
+    if not 0 < confidence < 1:
+        raise DesignError([f"--confidence {confidence:g}: must be between 0 and 1"])
     if len(template) != 1:
         raise DesignError([f"the template must hold exactly one recipe (it holds {len(template)})"])
     if target_shape is not None:
@@ -186,8 +205,8 @@ def design(predictor: Predictor, template: pd.DataFrame, target_size: float, ran
             raise DesignError(["--target-shape needs --shape-run"])
         if target_shape not in predictor.shapes:
             raise DesignError([f"--target-shape {target_shape!r}: not a shape ({', '.join(predictor.shapes)})"])
-    if not target_size > 0:
-        raise DesignError([f"--target-size {target_size:g}: must be positive"])
+    if not (math.isfinite(target_size) and target_size > 0):
+        raise DesignError([f"--target-size {target_size:g}: must be a positive number of nm"])
     if top < 1 or trials < 1:
         raise DesignError([f"--top {top} and --trials {trials}: both must be at least 1"])
     template = template.assign(**{c: UNKNOWN for c in ("Num", "Y1", "Y2", "Y3")}, failed=False)
@@ -198,7 +217,7 @@ def design(predictor: Predictor, template: pd.DataFrame, target_size: float, ran
     for start in range(0, trials, BATCH):
         asked = [study.ask(distributions) for _ in range(min(BATCH, trials - start))]
         table = candidates(template, ranges, [t.params for t in asked])
-        prediction = predictor.predict(table)
+        prediction = predictor.predict(table, confidence, within=(target_size, tolerance))
         values = loss(prediction, target_size, target_shape)
         for trial, value in zip(asked, values):
             study.tell(trial, float(value))

@@ -39,8 +39,9 @@ from .files import write_atomic
 from .recipes import (AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, LABEL_COLUMNS, NAME_COLUMNS, PRODUCT_AMOUNT,
                       PRODUCT_NAME, SHAPES_FILE, UNKNOWN, RecipeError, load_dataset, load_shapes, read_csv_raw,
                       read_frame)
-from .runs import NEURAL_MODELS, blend, load_fold_models
+from .runs import NEURAL_MODELS, blend, load_fold_models, neural_spread
 from .splits import combined_table, make_folds, task_rows
+from .uncertainty import FoldCalibration, ShapeCalibration, SizeCalibration, set_labels
 
 if TYPE_CHECKING:  # LightGBM is imported only when a run has a blend (runs.load_fold_models)
     from .baselines import TreeBlend
@@ -52,8 +53,9 @@ EMBED_BATCH = 2048
 WARNING_COLUMN = "warning"
 # columns predict/design write: a prediction file can be fed back as recipes
 OUTSIDE_COLUMN = "outside_training"
-OUTPUT_COLUMNS = ("product", "size_nm", "size_std", "shape", "p_failed", "domain_distance", OUTSIDE_COLUMN,
-                  "in_domain", WARNING_COLUMN, "loss")
+OUTPUT_COLUMNS = ("product", "size_nm", "size_lo", "size_hi", "seen_series", "p_within", "size_std", "shape",
+                  "shape_set", "p_failed", "domain_distance", OUTSIDE_COLUMN, "in_domain", WARNING_COLUMN, "loss")
+DEFAULT_CONFIDENCE = 0.9
 PROB_PREFIX = "prob_"
 
 
@@ -121,6 +123,7 @@ class FoldModels:
     references: list[Reference]  # one per member
     trees: TreeBlend | None  # the fold's tree models (--tree_blend runs)
     correction: SeriesCorrection | None  # --series_correction runs
+    calibration: FoldCalibration | None  # its conformal calibration (None: a run with --calibration_folds 0)
 
 
 @dataclass
@@ -269,7 +272,7 @@ def load_run(path: str | Path, write_cache: bool = True) -> Run:
     folds = [FoldModels(name, saved.encoder, saved.members,
                         [Reference(NearestNeighbors(n_neighbors=1).fit(arrays[f"{name}__{k}"]),
                                    float(arrays[f"{name}__{k}__threshold"])) for k in range(len(saved.members))],
-                        saved.trees, saved.correction)
+                        saved.trees, saved.correction, saved.calibration)
              for name, saved in loaded.items()]
     return Run(run_dir, cfg, folds, arrays["range_low"], arrays["range_high"])
 
@@ -281,23 +284,37 @@ class RunOutput:
     per_model: list[dict[str, np.ndarray]]  # engine.predict of every model (fold x member)
     domain_distance: np.ndarray  # mean over models of nearest-training distance / threshold
     outside: np.ndarray  # (N, conditions + amount slots) beyond the run's training range
+    seen: np.ndarray | None  # size runs: the recipe's series has training rows (in any fold)
+    sigma: np.ndarray | None  # size runs: the interval's difficulty, the mean of the folds' (None: not calibrated)
 
 
 @torch.no_grad()
 def run_outputs(run: Run, table: pd.DataFrame) -> RunOutput:
-    per_model, ratios = [], []
+    per_model, ratios, seen, sigmas = [], [], [], []
     for fold in run.folds:
         batch = encode(table, fold.encoder)
         trees = None if fold.trees is None else fold.trees.predict(table)
         factors = None if fold.correction is None else fold.correction.factors(table)
+        fold_models = []
         for member, reference in zip(fold.members, fold.references):
             prediction = model_predict(member, batch)
             # each member blended and corrected as in training: the members' mean is then the fold's prediction
             prediction = prediction if trees is None else blend(run.cfg, prediction, trees)
-            per_model.append(prediction if factors is None else {**prediction, "size": prediction["size"] * factors})
+            fold_models.append(prediction if factors is None else {**prediction, "size": prediction["size"] * factors})
             distance = reference.neighbours.kneighbors(member.cls_embedding(batch).numpy(), n_neighbors=1)[0][:, 0]
             ratios.append(distance / reference.threshold)
-    return RunOutput(per_model, np.mean(ratios, axis=0), outside_range(table, run.low, run.high))
+        per_model += fold_models
+        if run.cfg.task == "size" and fold.calibration is not None:
+            # the spread of the models the fold was calibrated with: its trees, else its members
+            spread = (fold.trees.log_spread(table) if fold.trees is not None else
+                      neural_spread({"size": np.mean([m["size"] for m in fold_models], axis=0),
+                                     "size_std": np.std([m["size"] for m in fold_models], axis=0)}))
+            fold_seen, fold_sigma = fold.calibration.size_difficulty(table, spread)
+            seen.append(fold_seen)
+            sigmas.append(fold_sigma)
+    calibrated = run.cfg.task == "size" and len(sigmas) == len(run.folds)
+    return RunOutput(per_model, np.mean(ratios, axis=0), outside_range(table, run.low, run.high),
+                     np.any(seen, axis=0) if calibrated else None, np.mean(sigmas, axis=0) if calibrated else None)
 
 
 def shape_column(name: str) -> str:
@@ -324,11 +341,39 @@ class Predictor:
         return pd.DataFrame({"position": rows, "column": np.array(columns)[cols],
                              "name": table[columns].to_numpy()[rows, cols]})
 
-    def predict(self, table: pd.DataFrame) -> pd.DataFrame:
-        """Predictions for every row of a recipe table (recipes.finish form); unknown substances count as zeros."""
+    @property
+    def size_calibration(self) -> SizeCalibration | None:
+        """The size run's folds' calibrations pooled (their ensemble predicts); None when a fold has none."""
+        folds = [fold.calibration for fold in self.size.folds]
+        return None if any(c is None for c in folds) else SizeCalibration.pool([c.size for c in folds])
+
+    @property
+    def shape_calibration(self) -> ShapeCalibration | None:
+        folds = [] if self.shape is None else [fold.calibration for fold in self.shape.folds]
+        return None if not folds or any(c is None for c in folds) else ShapeCalibration.pool([c.shape for c in folds])
+
+    def predict(self, table: pd.DataFrame, confidence: float = DEFAULT_CONFIDENCE,
+                within: tuple[float, float] | None = None) -> pd.DataFrame:
+        """Predictions for every row of a recipe table (recipes.finish form); unknown substances count as zeros.
+        `size_lo`..`size_hi` is the conformal interval at `confidence` (NaN for a run without calibration);
+        `size_std` the spread of the ensemble's models (not an interval). `within=(target_nm, tolerance_nm)` adds
+        `p_within`, the probability that the size lands within the tolerance of the target."""
+        if not 0 < confidence < 1:
+            raise PredictError(f"--confidence {confidence:g}: must be between 0 and 1")
         size = run_outputs(self.size, table)
         sizes = np.array([p["size"] for p in size.per_model])
-        out = pd.DataFrame({"size_nm": sizes.mean(0), "size_std": sizes.std(0)}, index=table.index)
+        out = pd.DataFrame({"size_nm": sizes.mean(0)}, index=table.index)
+        calibration = self.size_calibration if size.sigma is not None else None
+        if calibration is not None:
+            out["size_lo"], out["size_hi"] = calibration.interval(out["size_nm"].to_numpy(), size.sigma, size.seen,
+                                                                  confidence)
+            out["seen_series"] = size.seen
+        else:
+            out["size_lo"] = out["size_hi"] = np.nan
+        if within is not None:
+            out["p_within"] = (np.nan if calibration is None else
+                               calibration.p_within(out["size_nm"].to_numpy(), size.sigma, size.seen, *within))
+        out["size_std"] = sizes.std(0)
         distance, outside = size.domain_distance, size.outside
         if self.shape is not None:
             shape_input = table
@@ -337,6 +382,10 @@ class Predictor:
             shape = run_outputs(self.shape, shape_input)
             probabilities = np.mean([p["shape"] for p in shape.per_model], axis=0)
             out["shape"] = np.array(self.shapes)[probabilities.argmax(1)]
+            shape_calibration = self.shape_calibration
+            out["shape_set"] = ("" if shape_calibration is None else
+                                set_labels(shape_calibration.sets(probabilities, confidence), probabilities,
+                                           self.shapes))
             for k, name in enumerate(self.shapes):
                 out[shape_column(name)] = probabilities[:, k]
             out["p_failed"] = np.mean([p["failed"] for p in shape.per_model], axis=0)
@@ -362,14 +411,15 @@ def unknown_problems(recipes: Recipes, unknown: pd.DataFrame) -> list[str]:
             f"(--allow-unknown uses zeros)" for u in unknown.sort_values("position", kind="stable").itertuples()]
 
 
-def predict_recipes(predictor: Predictor, recipes: Recipes, allow_unknown: bool = False) -> pd.DataFrame:
+def predict_recipes(predictor: Predictor, recipes: Recipes, allow_unknown: bool = False,
+                    confidence: float = DEFAULT_CONFIDENCE) -> pd.DataFrame:
     """The prediction table for a recipe file: ID, product, predictions (+ a warning column with allow_unknown).
     Raises RecipeError naming each unknown substance and row unless allow_unknown."""
     table = recipes.table
     if not allow_unknown:
         check_known(predictor, recipes)
-    out = pd.concat([pd.DataFrame({"ID": table["ID"], "product": table[PRODUCT_NAME]}), predictor.predict(table)],
-                    axis=1)
+    out = pd.concat([pd.DataFrame({"ID": table["ID"], "product": table[PRODUCT_NAME]}),
+                     predictor.predict(table, confidence)], axis=1)
     if allow_unknown:
         missing = predictor.unknown(table).groupby("position")["name"].agg(lambda n: ", ".join(sorted(set(n))))
         out[WARNING_COLUMN] = ("no descriptor (used as zeros): " + missing).reindex(out.index).fillna("")
@@ -388,12 +438,15 @@ def summary(frame: pd.DataFrame, leading: list[str] = ()) -> str:
     """The columns a reader scans first, rounded; the CSV keeps everything."""
     view = frame[["ID", *(["product"] if "product" in frame else []), *leading]].copy()
     view = view.round({c: 3 for c in view.columns if c.startswith(PROB_PREFIX)})
-    view["size_nm"] = frame["size_nm"].round(2)
-    view["size_std"] = frame["size_std"].round(2)
+    for column in ("size_nm", "size_lo", "size_hi", "size_std"):
+        view[column] = frame[column].round(2)
+    if "p_within" in frame:
+        view["p_within"] = frame["p_within"].round(3)
     if "shape" in frame:
         probabilities = frame[[c for c in frame.columns if c.startswith(PROB_PREFIX)]].to_numpy()
         view["shape"] = frame["shape"]
         view["p_shape"] = probabilities.max(1).round(3)
+        view["shape_set"] = frame["shape_set"]
         view["p_failed"] = frame["p_failed"].round(3)
     view["domain_distance"] = frame["domain_distance"].round(2)
     view[OUTSIDE_COLUMN] = frame[OUTSIDE_COLUMN]
@@ -402,6 +455,16 @@ def summary(frame: pd.DataFrame, leading: list[str] = ()) -> str:
         if column in frame:
             view[column] = frame[column].round(3) if column == "loss" else frame[column]
     return view.to_string(index=False)
+
+
+def legend(frame: pd.DataFrame, confidence: float) -> str:
+    """What the interval columns of `summary` mean, printed under it."""
+    if frame["size_lo"].isna().all():
+        return ("size_lo/size_hi: none, the size run has no calibration (trained with --calibration_folds 0); "
+                "size_std: spread of the ensemble's models, not an interval")
+    sets = f"; shape_set: the shapes a {confidence:.0%} prediction set keeps" if "shape_set" in frame else ""
+    return (f"size_lo..size_hi: the {confidence:.0%} conformal interval of the size{sets}; size_std: spread of the "
+            "ensemble's models, not an interval")
 
 
 # ---- what the app shows beside a prediction ---------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Comparison tables and figures from run folders' metrics.json, with the paper's figures in their own column.
 
 `python -m nanocrystal report RUN_DIR... [--out docs/results.md] [--assets assets] [--readme README.md]` writes a
-markdown report (and, with --readme, the block between README's results markers) plus PNG figures. Everything is
+markdown report of every run (and, with --readme, the block between README's results markers: the rows of
+`readme_runs`) plus PNG figures. Everything is
 derived from the run folders and the paper's published numbers, so it regenerates; every file is written atomically.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sklearn.manifold import TSNE  # noqa: E402
 from .metrics import SIZE_METRICS  # noqa: E402
 from .files import write_atomic, write_text  # noqa: E402
 from .runs import NEURAL_MODELS  # noqa: E402
+from .uncertainty import FoldCalibration  # noqa: E402
 
 # The paper's figures (arXiv 2412.10838): 5-fold paper split, seed 0; leave-one-product-out with pretrain + finetune.
 PAPER_SIZE = {"transformer": {"mae": 1.3995, "r2": 0.7198}, "dt": {"mae": 2.0495}, "rf": {"mae": 1.6307},
@@ -166,6 +168,59 @@ def lopo_table(runs: list[Run]) -> str:
     return _markdown(["product", "model", "MAE (nm)", "R²", "paper MAE", *PROVENANCE], rows)
 
 
+def uncertainty_table(runs: list[Run]) -> str:
+    """Every run with calibrated intervals or sets: empirical coverage at its confidence over all out-of-fold rows, by
+    series, and the mean width beside the plain baseline's (size); set coverage and mean set size (shape)."""
+    rows = []
+    for run in _order([r for r in runs if "uncertainty" in r.metrics], "mae"):
+        u = run.metrics["uncertainty"]
+        if run.metrics["task"] == "size":
+            cells = [_number(u["coverage"], 3), _number(u["seen_series"]["coverage"], 3),
+                     _number(u["new_series"]["coverage"], 3), _number(u["mean_width_nm"], 2),
+                     _number(u["baseline"]["mean_width_nm"], 2), "", ""]
+        else:
+            cells = ["", "", "", "", "", _number(u["set_coverage"], 3), _number(u["mean_set_size"], 2)]
+        rows.append([run.label, run.metrics["task"], run.metrics["split"], f"{u['confidence']:g}", *cells,
+                     f"`{run.metrics.get('command') or run.path.name}`"])
+    header = ["model", "task", "split", "confidence", "coverage", "seen series", "new series", "mean width (nm)",
+              "baseline width (nm)", "set coverage", "mean set size", "command"]
+    return _markdown(header, rows)
+
+
+def _has_paper_figure(run: Run) -> bool:
+    """Whether the paper reports a figure for this run's model on its task and split (the tables' paper columns)."""
+    metrics = run.metrics
+    if metrics["split"] == "lopo":
+        return metrics["model"] == "transformer"  # the paper's per-product figures are its transformer's
+    if metrics["split"] != "paper":
+        return False
+    if metrics["task"] == "shape":
+        return bool(run.config.get("size_as_input")) and metrics["model"] in PAPER_SHAPE_ACCURACY
+    return metrics["model"] in PAPER_SIZE
+
+
+def readme_runs(runs: list[Run]) -> list[Run]:
+    """The rows a README reader needs: the best run of each task and split (for shape, of each input mode; for
+    leave-one-product-out, by the mean over its products), and the best run of each model the paper reports a figure
+    for, beside it. Every run stays in the full report (docs/results.md)."""
+    def best_of(group: list[Run]) -> Run:
+        if group[0].metrics["task"] == "shape":
+            return max(group, key=lambda r: (r.metrics["mean"]["accuracy"], str(r.path)))
+        return min(group, key=lambda r: (r.metrics["mean"]["mae"], str(r.path)))
+
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        metrics = run.metrics
+        if ("accuracy" if metrics["task"] == "shape" else "mae") not in metrics["mean"]:
+            continue
+        where = (metrics["task"], metrics["split"], metrics["task"] == "shape" and bool(run.config.get("size_as_input")))
+        groups.setdefault(where, []).append(run)
+        if _has_paper_figure(run):
+            groups.setdefault((*where, metrics["model"]), []).append(run)
+    chosen = {id(best_of(group)) for group in groups.values()}
+    return [run for run in runs if id(run) in chosen]
+
+
 # ---- figures ---------------------------------------------------------------------------------------------------------
 
 def save_figure(figure, path: Path) -> None:
@@ -226,6 +281,59 @@ def product_bars(runs: list[Run], path: Path) -> None:
     axis.set_xticks(range(len(products)), products)
     axis.set(ylabel="MAE (nm)", title="leave-one-product-out")
     axis.legend(fontsize=8)
+    save_figure(figure, path)
+
+
+CALIBRATION_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+def interval_coverage(run: Run, levels=CALIBRATION_LEVELS) -> pd.DataFrame:
+    """Empirical coverage of a size run's out-of-fold intervals at each nominal level (each fold's calibration rows
+    and difficulty, as recorded in fold<k>.json and oof_predictions.csv): columns level, all, seen, new, baseline."""
+    oof = pd.read_csv(run.path / "oof_predictions.csv")
+    records = {f["fold"]: json.loads((run.path / f"{f['fold']}.json").read_text())
+               for f in run.metrics["per_fold"]}
+    rows = []
+    for level in levels:
+        inside, base_inside = [], []
+        for fold, frame in oof.groupby("fold", sort=False):
+            calibration = FoldCalibration.from_state(records[fold]["calibration"])
+            seen = (frame["series"] == "seen").to_numpy()
+            pred, true = frame["pred"].to_numpy(), frame["true"].to_numpy()
+            lo, hi = calibration.size.interval(pred, frame["sigma"].to_numpy(), seen, level)
+            base_lo, base_hi = calibration.baseline.interval(pred, np.ones(len(frame)), seen, level)
+            inside.append(pd.DataFrame({"inside": (true >= lo) & (true <= hi), "seen": seen}))
+            base_inside.append((true >= base_lo) & (true <= base_hi))
+        joined = pd.concat(inside)
+        rows.append({"level": level, "all": joined["inside"].mean(), "seen": joined.loc[joined["seen"], "inside"].mean(),
+                     "new": joined.loc[~joined["seen"], "inside"].mean(),
+                     "baseline": np.concatenate(base_inside).mean()})
+    return pd.DataFrame(rows)
+
+
+def calibration_plot(run: Run, path: Path) -> None:
+    """Left: empirical against nominal coverage of the size intervals, overall, for seen and new series, and the
+    plain baseline. Right: each out-of-fold row's interval width against its absolute error, by series."""
+    coverage = interval_coverage(run)
+    oof = pd.read_csv(run.path / "oof_predictions.csv")
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6))
+    left.plot([0.45, 1.0], [0.45, 1.0], color="black", linewidth=0.8, label="nominal")
+    for column, style in (("all", "o-"), ("seen", "s--"), ("new", "^--"), ("baseline", "x:")):
+        name = {"all": "all rows", "seen": "seen series", "new": "new series",
+                "baseline": "plain baseline, all rows"}[column]
+        left.plot(coverage["level"], coverage[column], style, label=name)
+    left.set(xlabel="nominal coverage", ylabel="empirical coverage (out-of-fold)", xlim=(0.45, 1.0),
+             ylim=(0.45, 1.0), title="size intervals: calibration")
+    left.legend(fontsize=8)
+    for series, colour in (("seen", "tab:blue"), ("new", "tab:orange")):
+        rows = oof[oof["series"] == series]
+        right.scatter(rows["hi"] - rows["lo"], np.abs(rows["true"] - rows["pred"]), s=8, alpha=0.5, color=colour,
+                      label=f"{series} series ({len(rows)} rows)")
+    top = float((oof["hi"] - oof["lo"]).max())
+    right.plot([0, top], [0, top / 2], color="black", linewidth=0.8, label="error = half the width")
+    right.set(xlabel=f"{run.metrics['uncertainty']['confidence']:.0%} interval width (nm)",
+              ylabel="absolute error (nm)", title="width against error")
+    right.legend(fontsize=8)
     save_figure(figure, path)
 
 
@@ -324,7 +432,8 @@ class Figure:
 def make_figures(runs: list[Run], assets: Path, shapes: list[str], paper_predictions: Optional[pd.DataFrame],
                  embeddings: Optional[Embeddings] = None) -> dict[str, Figure]:
     """Draw what the runs allow: size parity (best paper-split size run), shape confusion (best paper-split shape run),
-    leave-one-product-out bars, t-SNE of `embeddings`. Keys: size, shape, lopo, tsne."""
+    the size intervals' calibration (best paper-split size run), leave-one-product-out bars, t-SNE of `embeddings`.
+    Keys: size, shape, calibration, lopo, tsne."""
     figures = {}
     best_size = _best(runs, "size", "mae", min)
     if best_size is not None and (best_size.path / "oof_predictions.csv").is_file():
@@ -339,6 +448,12 @@ def make_figures(runs: list[Run], assets: Path, shapes: list[str], paper_predict
         confusion_plot(best_shape.metrics["confusion"], shapes, best_shape.label, assets / "shape_confusion.png")
         figures["shape"] = Figure("shape_confusion.png",
                                   f"Confusion matrix (out-of-fold, all folds, paper split): {best_shape.label}.")
+    if best_size is not None and "uncertainty" in best_size.metrics:
+        calibration_plot(best_size, assets / "size_calibration.png")
+        figures["calibration"] = Figure(
+            "size_calibration.png", f"Calibration of the size intervals: {best_size.label} (paper split). Each "
+            "fold's intervals are calibrated on inner out-of-fold predictions of its training rows; the held-out "
+            "rows are scored once.")
     lopo = [r for r in runs if r.metrics["split"] == "lopo" and r.metrics["task"] == "size"]
     if lopo:
         product_bars(lopo, assets / "lopo_products.png")
@@ -370,6 +485,10 @@ def render(runs: list[Run], figures: dict[str, Figure], assets: Path, document: 
     parts += embed("size")
     parts += ["### Shape (accuracy over the 11 shapes; failed syntheses excluded)", "", shape_table(runs), ""]
     parts += embed("shape")
+    if any("uncertainty" in run.metrics for run in runs):
+        parts += ["### Uncertainty (conformal size intervals and shape sets; docs/uncertainty.md)", "",
+                  uncertainty_table(runs), ""]
+        parts += embed("calibration")
     if "tsne" in figures:
         parts += ["### Recipe embeddings", ""] + embed("tsne")
     if "lopo" in figures:
@@ -415,6 +534,6 @@ def report(run_dirs: list[str], out: Path, assets: Path, shapes_path: Path, pape
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, text)
     if readme is not None:
-        block = render(runs, figures, assets, readme, heading=False)
+        block = render(readme_runs(runs), figures, assets, readme, heading=False)
         write_text(readme, replace_block(readme.read_text(), block, str(readme)))
     return text

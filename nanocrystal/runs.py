@@ -12,7 +12,7 @@ import multiprocessing
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from .config import ROOT, TREE_MODELS, Config
-from .correction import SeriesCorrection
+from .correction import SeriesCorrection, Siblings
 from .descriptors import DescriptorStore, load_descriptors
 from .encode import Encoder, descriptor_matrix, encode, fit_encoder, unknown_substances
 from .engine import ensemble_predict, train_member
@@ -31,11 +31,15 @@ from .metrics import SHAPE_METRICS, SIZE_METRICS, mean_metrics, shape_metrics, s
 from .model import MODELS
 from .recipes import is_solid, load_dataset
 from .splits import Fold, combined_table, inner_groups, inner_pool, make_folds, task_rows
+from .uncertainty import (CATEGORY_NAMES, NEW, SEEN, FoldCalibration, ShapeCalibration, SizeCalibration, coverage,
+                          difficulty_features, set_labels)
 
 if TYPE_CHECKING:  # baselines (LightGBM, scikit-learn) is imported only when a run uses it
     from .baselines import TreeBlend
 
-NEURAL_MODELS = tuple(MODELS)  # trained by engine.train_member; the rest are baselines.fit_tree_fold
+# per fold and their fold mean in metrics.json; the eval log lines name them coverage/width and set_coverage/set_size
+UNCERTAINTY_METRICS = {"size": ("coverage", "mean_width_nm"), "shape": ("set_coverage", "mean_set_size")}
+NEURAL_MODELS = tuple(MODELS)  # trained by engine.train_member; the rest are baselines.fit_selected
 
 
 class RunError(RuntimeError):
@@ -171,10 +175,12 @@ def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shape
         "n_shapes": n_shapes,
         "members": [m.state_dict() for m in members],
     }
+    fitted_trees = []
     if cfg.tree_blend:
-        from .baselines import TreeBlend, fit_blend
+        from .baselines import TreeBlend, blend_state, fit_blend
 
-        checkpoint["trees"] = fit_blend(cfg, data, store, n_shapes)
+        fitted_trees = fit_blend(cfg, data, store, n_shapes)
+        checkpoint["trees"] = blend_state(cfg, fitted_trees)
         trees = TreeBlend.from_state(checkpoint["trees"], store, n_shapes)
         prediction = blend(cfg, prediction, trees.predict(data.valid))
         stages["tree_blend"] = stage_scores(cfg, data.valid, prediction, n_shapes)
@@ -193,6 +199,15 @@ def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shape
         factors = correction.factors(data.valid)
         prediction = {**prediction, "size": prediction["size"] * factors, "size_std": prediction["size_std"] * factors}
         stages["series_correction"] = stage_scores(cfg, data.valid, prediction, n_shapes)
+    if cfg.calibration_folds:
+        inner_model = (inner_tree_model(cfg, fitted_trees, store, n_shapes) if fitted_trees
+                       else inner_neural_model(cfg, store, n_shapes, logger))
+        calibration = calibrate(cfg, data, inner_model)
+        checkpoint["calibration"] = calibration.to_state()
+        spread = None
+        if cfg.task == "size":
+            spread = trees.log_spread(data.valid) if fitted_trees else neural_spread(prediction)
+        prediction = {**prediction, **calibrated_outputs(cfg, calibration, data.valid, prediction, spread)}
     return {**prediction, "stages": stages}, checkpoint
 
 
@@ -201,6 +216,96 @@ def blend(cfg: Config, transformer: dict[str, np.ndarray], trees: np.ndarray) ->
     failed-synthesis probability stays the transformer's."""
     key = "size" if cfg.task == "size" else "shape"
     return {**transformer, key: (1 - cfg.tree_blend) * transformer[key] + cfg.tree_blend * trees}
+
+
+# ---- calibration (uncertainty.py): out-of-fold predictions of the fold's own training rows ----------------------------
+
+def applies_correction(cfg: Config) -> bool:
+    return cfg.series_correction and cfg.task == "size" and cfg.model in NEURAL_MODELS
+
+
+def neural_spread(prediction: dict[str, np.ndarray]) -> np.ndarray:
+    """The members' spread of log(size), from their mean and standard deviation in nm."""
+    return prediction["size_std"] / np.maximum(prediction["size"], 1e-6)
+
+
+def inner_tree_model(cfg: Config, fitted: list, store: DescriptorStore, n_shapes: int):
+    """The calibration model of a run with tree models (the blend's, or the run's own): the same models with the same
+    inner-CV choices, refitted on an inner fit part; then the series correction when the run applies it. The
+    blend's transformer is left out: retraining it for each inner fold would cost several times the run (what this
+    leaves out is measured: docs/uncertainty.md)."""
+    from .baselines import blend_configs, blend_rows, fit_chosen, member_spread
+
+    configs = blend_configs(cfg) if cfg.model in NEURAL_MODELS else [cfg]
+
+    def fit_predict(fit: FoldData, scored: pd.DataFrame) -> dict[str, np.ndarray]:
+        rows = blend_rows(cfg, fit) if cfg.model in NEURAL_MODELS else fit
+        models = [fit_chosen(c, rows.train, rows.train_weak, store, tree.candidate) for c, tree in zip(configs, fitted)]
+        if cfg.task == "shape":
+            return {"shape": np.mean([tree.predict(c, scored, n_shapes)["shape"] for c, tree in zip(configs, models)],
+                                     axis=0)}
+        members = [tree.log_members(c, scored) for c, tree in zip(configs, models)]
+        size = np.mean([np.exp(m.mean(axis=1)) for m in members], axis=0)  # each model: the mean of log(size)
+        if applies_correction(cfg):
+            in_sample = np.mean([tree.predict(c, rows.train, n_shapes)["size"] for c, tree in zip(configs, models)], 0)
+            correction = SeriesCorrection.fit(rows.train, in_sample, cfg.correction_scale, cfg.correction_shrink)
+            size = size * correction.factors(scored)
+        return {"size": size, "spread": member_spread(members)}
+    return fit_predict
+
+
+def inner_neural_model(cfg: Config, store: DescriptorStore, n_shapes: int, logger):
+    """The calibration model of a neural run without trees: the run's own model (members, correction), retrained on
+    each inner fit part."""
+    inner_cfg = replace(cfg, calibration_folds=0, eval_every=0)
+
+    def fit_predict(fit: FoldData, scored: pd.DataFrame) -> dict[str, np.ndarray]:
+        prediction, _ = fit_neural_fold(inner_cfg, replace(fit, valid=scored), store, n_shapes, logger)
+        return {**prediction, "spread": neural_spread(prediction)} if cfg.task == "size" else prediction
+    return fit_predict
+
+
+def calibrated_outputs(cfg: Config, calibration: FoldCalibration, valid: pd.DataFrame, prediction: dict,
+                       spread: np.ndarray | None) -> dict:
+    """Size: the interval of each validation row (and the baseline's, sigma, seen); shape: its prediction set."""
+    outputs = {"calibration": calibration.to_state(with_siblings=False)}
+    if cfg.task == "size":
+        return {**outputs, **calibration.size_outputs(valid, prediction["size"], spread, cfg.confidence)}
+    return {**outputs, "set": calibration.shape.sets(prediction["shape"], cfg.confidence)}
+
+
+def calibrate(cfg: Config, data: FoldData, fit_predict) -> FoldCalibration:
+    """Calibrate on the out-of-fold predictions of the fold's training rows like its validation rows: `cfg.calibration_
+    folds` inner folds (grouped as the outer split: series for the grouped split, products for leave-one-product-out),
+    each scored by `fit_predict` fitted on the rest of the training rows. Augmented rows are left out (a copy of a
+    scored row would leak its label). The held-out fold is never read."""
+    from .baselines import inner_splits
+
+    own = ~data.train_augmented
+    rows = replace(data, train=data.train[own].reset_index(drop=True), train_weak=data.train_weak[own],
+                   train_augmented=data.train_augmented[own])
+    parts = []
+    for group, (fit_rows, scored_rows) in enumerate(inner_splits(cfg, rows.train, rows.train_weak,
+                                                                 cfg.calibration_folds)):
+        fit = replace(rows, train=rows.train.iloc[fit_rows].reset_index(drop=True), train_weak=rows.train_weak[fit_rows],
+                      train_augmented=rows.train_augmented[fit_rows])
+        scored = rows.train.iloc[scored_rows].reset_index(drop=True)
+        prediction = fit_predict(fit, scored)
+        part = {"group": np.full(len(scored), group)}
+        if cfg.task == "size":
+            seen, proximity = Siblings.of(fit.train, cfg.correction_scale).proximity(scored)
+            part.update(residual=np.log(scored["Y1"].to_numpy(float) / prediction["size"]), seen=seen,
+                        features=difficulty_features(prediction["spread"], proximity))
+        else:
+            part.update(probabilities=prediction["shape"], shape=scored["Y3"].to_numpy(int))
+        parts.append(part)
+    joined = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    if cfg.task == "shape":
+        return FoldCalibration(shape=ShapeCalibration.fit(joined["probabilities"], joined["shape"]))
+    size = SizeCalibration.fit(joined["residual"], joined["features"], joined["seen"], joined["group"])
+    baseline = SizeCalibration.fit(joined["residual"], joined["features"], joined["seen"], joined["group"],
+                                   normalized=False)
+    return FoldCalibration(size, baseline, Siblings.of(rows.train, cfg.correction_scale))
 
 
 @dataclass
@@ -212,6 +317,7 @@ class FoldCheckpoint:
     n_shapes: int
     trees: TreeBlend | None
     correction: SeriesCorrection | None
+    calibration: FoldCalibration | None  # absent in runs with --calibration_folds 0
 
 
 def load_fold_models(path: Path, store: DescriptorStore) -> FoldCheckpoint:
@@ -235,7 +341,8 @@ def load_fold_models(path: Path, store: DescriptorStore) -> FoldCheckpoint:
 
         trees = TreeBlend.from_state(checkpoint["trees"], store, checkpoint["n_shapes"])
     correction = SeriesCorrection.from_state(checkpoint["correction"]) if "correction" in checkpoint else None
-    return FoldCheckpoint(cfg, encoder, members, checkpoint["n_shapes"], trees, correction)
+    calibration = FoldCalibration.from_state(checkpoint["calibration"]) if "calibration" in checkpoint else None
+    return FoldCheckpoint(cfg, encoder, members, checkpoint["n_shapes"], trees, correction, calibration)
 
 
 @torch.no_grad()
@@ -258,6 +365,32 @@ def oof_embeddings(run_dir: Path, table: pd.DataFrame,
     return np.concatenate(values), np.concatenate(shapes), np.concatenate(names)
 
 
+def interval_scores(frame: pd.DataFrame) -> dict:
+    """Coverage and mean width (nm) of the intervals of out-of-fold rows (`fold_predictions`), overall and by series,
+    beside the plain baseline's on the same rows."""
+    def scores(lo: str, hi: str) -> dict:
+        out = coverage(frame["true"].to_numpy(), frame[lo].to_numpy(), frame[hi].to_numpy())
+        for category, name in CATEGORY_NAMES.items():
+            rows = frame[frame["series"] == ("seen" if category == SEEN else "new")]
+            out[name] = coverage(rows["true"].to_numpy(), rows[lo].to_numpy(), rows[hi].to_numpy())
+        return out
+    return {**scores("lo", "hi"), "baseline": scores("baseline_lo", "baseline_hi")}
+
+
+def set_scores(frame: pd.DataFrame) -> dict:
+    """Coverage and mean size of the shape prediction sets of out-of-fold rows (`fold_predictions`)."""
+    members = frame["set"].fillna("").astype(str).str.split("|")
+    inside = [str(true) in set_ for true, set_ in zip(frame["true"], members)]
+    sizes = [len([m for m in set_ if m]) for set_ in members]
+    return {"set_coverage": float(np.mean(inside)), "mean_set_size": float(np.mean(sizes)), "rows": len(frame)}
+
+
+def uncertainty_scores(cfg: Config, frame: pd.DataFrame) -> dict:
+    if cfg.task == "size":
+        return interval_scores(frame) if "lo" in frame else {}
+    return set_scores(frame) if "set" in frame else {}
+
+
 def primary_metrics(cfg: Config) -> tuple[str, ...]:
     return SIZE_METRICS if cfg.task == "size" else SHAPE_METRICS
 
@@ -276,17 +409,27 @@ def stage_scores(cfg: Config, valid: pd.DataFrame, prediction: dict, n_shapes: i
 
 
 def fold_predictions(cfg: Config, fold: Fold, valid: pd.DataFrame, prediction: dict) -> pd.DataFrame:
+    """The fold's rows of oof_predictions.csv. Size: `lo`, `hi` (the interval at --confidence), `sigma` (its
+    difficulty), `series` (seen / new: whether a training row shares the recipe's series) and the plain baseline's
+    interval; shape: `set`, the shape indices in the prediction set ('9|1')."""
     frame = pd.DataFrame({"ID": valid["ID"].to_numpy(), "fold": fold.name})
     if cfg.task == "size":
         frame["true"] = valid["Y1"].to_numpy()
         frame["pred"] = prediction["size"]
         frame["pred_std"] = prediction.get("size_std", np.zeros(len(valid)))
+        if "lo" in prediction:
+            for column in ("lo", "hi", "sigma", "baseline_lo", "baseline_hi"):
+                frame[column] = prediction[column]
+            frame["series"] = np.where(prediction["seen"], "seen", "new")
     else:
         frame["true"] = valid["Y3"].to_numpy()
         frame["pred"] = prediction["shape"].argmax(1)
         for k in range(prediction["shape"].shape[1]):
             frame[f"prob_{k}"] = prediction["shape"][:, k]
         frame["p_failed"] = prediction["failed"]
+        if "set" in prediction:
+            indices = [str(k) for k in range(prediction["shape"].shape[1])]
+            frame["set"] = set_labels(prediction["set"], prediction["shape"], indices)
     return frame
 
 
@@ -311,14 +454,24 @@ def run_fold(cfg: Config, run_dir: Path, outer: Fold) -> None:
         prediction, checkpoint = fit_neural_fold(cfg, data, store, dataset.n_shapes, logger, fold.name)
         write_atomic(run_dir / f"{outer.name}.pt", lambda temp: torch.save(checkpoint, temp))
     else:
-        from .baselines import fit_tree_fold
+        from .baselines import fit_selected, member_spread
 
-        prediction = fit_tree_fold(cfg, data, store, dataset.n_shapes)
+        fitted = fit_selected(cfg, data, store, dataset.n_shapes)
+        prediction = {**fitted.predict(cfg, data.valid, dataset.n_shapes), "selection": fitted.selection}
+        if cfg.calibration_folds:
+            calibration = calibrate(cfg, data, inner_tree_model(cfg, [fitted], store, dataset.n_shapes))
+            spread = member_spread([fitted.log_members(cfg, data.valid)]) if cfg.task == "size" else None
+            prediction.update(calibrated_outputs(cfg, calibration, data.valid, prediction, spread))
     scores = score(cfg, data.valid, prediction, dataset.n_shapes)
     predictions = fold_predictions(cfg, fold, data.valid, prediction)
+    uncertainty = uncertainty_scores(cfg, predictions)
+    scores.update({name: uncertainty[name] for name in UNCERTAINTY_METRICS[cfg.task] if name in uncertainty})
     record = {"fold": outer.name, "scored_on": "inner" if cfg.inner_val_frac else "held-out",
               "metrics": scores, "wall_s": time.time() - fold_start,
               "predictions": predictions.to_dict(orient="list")}
+    if uncertainty:  # the calibration rows too, for the report's coverage at other confidences
+        record["uncertainty"] = uncertainty
+        record["calibration"] = prediction["calibration"]
     if "selection" in prediction:  # tree baselines: the chosen parameters and every candidate's inner score
         record["selection"] = prediction["selection"]
     if "val_curve" in prediction:  # --eval_every: the held-out curve, for the labelled upstream-style figure only
@@ -330,6 +483,7 @@ def run_fold(cfg: Config, run_dir: Path, outer: Fold) -> None:
             for stage, values in prediction["stages"].items()))
     write_text(run_dir / f"{outer.name}.json", json.dumps(record))
     logger.info(f"{fold.name}: " + ", ".join(f"{k} {scores[k]:.4f}" for k in primary_metrics(cfg))
+                + "".join(f", {k} {scores[k]:.4f}" for k in UNCERTAINTY_METRICS[cfg.task] if k in scores)
                 + f" ({record['wall_s']:.0f} s)")
 
 
@@ -427,11 +581,37 @@ def finish_run(cfg: Config, run_dir: Path, folds: list[Fold], logger, command: s
     if cfg.task == "shape":
         metrics["confusion"] = np.sum([r["metrics"]["confusion"] for r in records], axis=0).tolist()
     oof = pd.concat([pd.DataFrame(r["predictions"]) for r in records], ignore_index=True)
+    uncertainty = UNCERTAINTY_METRICS[cfg.task] if all("uncertainty" in r for r in records) else ()
+    if uncertainty:
+        metrics["mean"].update(mean_metrics(per_fold, uncertainty))
+        # over all out-of-fold rows together (the fold means are in "mean"), by series, beside the baseline
+        metrics["uncertainty"] = {"confidence": cfg.confidence, "method": uncertainty_note(cfg),
+                                  **uncertainty_scores(cfg, oof)}
     write_atomic(run_dir / "oof_predictions.csv", lambda temp: oof.to_csv(temp, index=False))
     write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     if "val_selected" in metrics:  # before upstream's lines, which end the log and are the result
         logger.info("val-selected, upstream style (each fold's best curve point on its own held-out rows; not the "
                     "result): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics["val_selected"]["mean"].items()))
+    if cfg.task == "size" and uncertainty:  # before the eval lines too: the plain baseline, for comparison
+        base = metrics["uncertainty"]["baseline"]
+        logger.info(f"plain baseline (split conformal on |log residual|, seen/new series; same calibration rows): "
+                    f"coverage {base['coverage']:.4f}, width {base['mean_width_nm']:.4f} nm")
     for name in names:
         logger.info(f"- eval - {name}: {metrics['mean'][name]:.4f}")
+    for name, label in zip(uncertainty, ("coverage", "width") if cfg.task == "size" else ("set_coverage", "set_size")):
+        logger.info(f"- eval - {label}: {metrics['mean'][name]:.4f}")
     return metrics
+
+
+def uncertainty_note(cfg: Config) -> str:
+    """How a run's intervals or sets were calibrated, for metrics.json."""
+    if cfg.model in TREE_MODELS:
+        model = "the run's tree model"
+    elif cfg.tree_blend:
+        model = f"the blend's tree models ({' + '.join(cfg.blend_models)}; the transformer left out)"
+    else:
+        model = f"the run's {cfg.model}"
+    what = ("size intervals: Mondrian (seen / new series) conformal regression on log(size), normalised by a "
+            "difficulty model" if cfg.task == "size" else "shape sets: conformal classification, score 1 - p(shape)")
+    return (f"{what}; calibrated on the out-of-fold predictions of {cfg.calibration_folds} inner folds of each fold's "
+            f"training rows, by {model}" + ("; then the series correction" if applies_correction(cfg) else ""))

@@ -1,8 +1,12 @@
-"""What scripts/best_cls.sh and scripts/best_new.sh print: run folders beside the paper's figures.
+"""What the scripts/best_*.sh scripts print: run folders beside the paper's figures.
 
+    python -m nanocrystal.task_tables summary RUN    # a run's mean scores, then its calibration: coverage overall and
+                                                     # by series, mean width beside the plain baseline (size), or set
+                                                     # coverage and mean set size (shape)
     python -m nanocrystal.task_tables shape RUN...   # shape runs side by side (nanocrystal.report's shape table),
                                                      # then each run's labelled val-selected figure (--eval_every)
-    python -m nanocrystal.task_tables lopo RUN       # a leave-one-product-out size run, one row per product
+    python -m nanocrystal.task_tables lopo RUN       # a leave-one-product-out size run, one row per product, with
+                                                     # its intervals' coverage and width
 """
 from __future__ import annotations
 
@@ -24,10 +28,32 @@ def product_table(run: Run) -> pd.DataFrame:
     n_rows = pd.read_csv(run.path / "oof_predictions.csv", usecols=["fold"])["fold"].value_counts()
     table = pd.DataFrame(
         [{"product": fold["fold"], "n": int(n_rows.get(fold["fold"], 0)), "mae": fold["mae"],
-          "mape": fold["mape"], "r2": fold["r2"], "paper_mae": PAPER_LOPO_MAE.get(fold["fold"], np.nan)}
+          "mape": fold["mape"], "r2": fold["r2"], "paper_mae": PAPER_LOPO_MAE.get(fold["fold"], np.nan),
+          **{name: fold[name] for name in ("coverage", "mean_width_nm") if name in fold}}
          for fold in run.metrics["per_fold"]]).set_index("product")
-    table["mae_minus_paper"] = table["mae"] - table["paper_mae"]
+    table.insert(table.columns.get_loc("paper_mae") + 1, "mae_minus_paper", table["mae"] - table["paper_mae"])
     return table
+
+
+def summary_lines(run: Run) -> list[str]:
+    """The run's mean scores and, when calibrated, its coverage (overall, by series) and width beside the baseline."""
+    lines = [f"{run.path}: " + ", ".join(f"{k} {v:.4f}" for k, v in run.metrics["mean"].items())]
+    u = run.metrics.get("uncertainty")
+    if u is None:
+        return lines
+    if run.metrics["task"] == "shape":
+        return lines + [f"  {u['confidence']:.0%} prediction sets: coverage {u['set_coverage']:.3f}, mean set size "
+                        f"{u['mean_set_size']:.2f} shapes ({u['rows']} out-of-fold rows)"]
+    lines.append(f"  {u['confidence']:.0%} intervals over {u['rows']} out-of-fold rows: coverage {u['coverage']:.3f}, "
+                 f"mean width {u['mean_width_nm']:.2f} nm")
+    for name in ("seen_series", "new_series"):
+        if u[name]["rows"]:
+            lines.append(f"    {name.replace('_', ' ')} ({u[name]['rows']} rows): coverage "
+                         f"{u[name]['coverage']:.3f}, mean width {u[name]['mean_width_nm']:.2f} nm")
+    base = u["baseline"]
+    lines.append(f"  plain baseline (split conformal on |log residual|, seen/new series only; same calibration rows): "
+                 f"coverage {base['coverage']:.3f}, mean width {base['mean_width_nm']:.2f} nm")
+    return lines
 
 
 def val_selected_line(run: Run) -> str:
@@ -39,12 +65,15 @@ def val_selected_line(run: Run) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nanocrystal.task_tables", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", choices=["shape", "lopo"])
+    parser.add_argument("table", choices=["summary", "shape", "lopo"])
     parser.add_argument("runs", nargs="+", metavar="RUN")
     args = parser.parse_args(argv)
     try:
         runs = [load_run(path) for path in args.runs]
-        if args.table == "shape":
+        if args.table == "summary":
+            for run in runs:
+                print("\n".join(summary_lines(run)))
+        elif args.table == "shape":
             print(shape_table(runs))
             for run in runs:
                 if "val_selected" in run.metrics:  # --eval_every: upstream's kind of figure, beside the paper's

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 stamp=$(date +%Y%m%d-%H%M%S)
 start=$SECONDS
-# LightGBM alone as before session 5: one fit, squared error on log(size) (the cpu preset's 3 seeds and Huber loss were
+# LightGBM alone as one fit with squared error on log(size) (the cpu preset's 3 seeds and Huber loss were
 # chosen for the blend with the series correction, where the Huber loss pays; alone it scores worse)
 single=(--lgbm_seeds 1 --lgbm_huber_delta 0)
 for model in dt rf et hgb lgbm; do

@@ -6,14 +6,14 @@
 #   2. recipe only: what a chemist knows before the synthesis.
 # The cpu preset averages the transformer's shape probabilities with the mean of the fold's LightGBM and extra-trees
 # classifiers (trained on the recipe rows, hyper-parameters by inner CV) at tree weight 0.8: on inner validation
-# (docs/shape_and_lopo.md, session 3) 0.868 with the size given and 0.850 from the recipe alone, against 0.856 and
+# (docs/shape.md) 0.868 with the size given and 0.850 from the recipe alone, against 0.856 and
 # 0.839 at weight 0.5.
 # Then both runs' accuracy and weighted F1/recall/precision side by side. The measured-size run also keeps the
 # transformer's held-out curve every 5 epochs (--eval_every 5; it chooses nothing and leaves the result unchanged) and
 # prints, labelled, upstream's kind of figure: each fold's best checkpoint chosen on the fold itself, as the 0.893.
 #
 # Time: measured 15.5 min for both runs on the 2-core machine (fresh clone at fd291e1, set-up included; 7.0 + 6.4 min of
-# training): 40 epochs x 1 member per fold, 5 folds on 2 workers. Accuracy: docs/shape_and_lopo.md.
+# training): 40 epochs x 1 member per fold, 5 folds on 2 workers. Accuracy: docs/shape.md.
 #
 # Extra arguments go to both runs (e.g. --split grouped, --use_product, --epochs 60). --save_path P names the two
 # run folders P-sizein and P-recipe (pass the same P with --resume to finish an interrupted pair).

@@ -4,15 +4,15 @@
 # fixed choices, nothing is chosen on a held-out product. The model is the cpu preset's LightGBM (log size, Huber 0.05,
 # mean of 3 seeds; weak-row weight by an inner CV that leaves out whole training products) with the product
 # descriptor among its features. Chosen without the four products (bench/lopo_proxy.sh: the recipe table without
-# them, leave-one-product-out over Au, Pd, PbS and InP; docs/shape_and_lopo.md, session 6): mean MAE 3.10 nm against
+# them, leave-one-product-out over Au, Pd, PbS and InP; docs/lopo.md): mean MAE 3.10 nm against
 # 3.29-3.31 for LightGBM or extra trees without the product, 3.23 for extra trees with it, 3.91 for the transformer
 # (3.95 pretrained) and 3.35 or more for the transformer beside the trees. Prints MAE, MAPE, R² per product beside
 # the paper's pretrain-finetune MAE.
 #
-# Time: about 2 min on the 2-core machine once set up. Results: docs/shape_and_lopo.md.
+# Time: about 2 min on the 2-core machine once set up. Results: docs/lopo.md.
 #
 # Extra arguments go to train.py (e.g. --object_name PbSe; --model transformer --no-use_product --tree_blend 0
-# --no-series_correction for sessions 2-5's transformer).
+# --no-series_correction for the transformer without the product token).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh

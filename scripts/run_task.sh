@@ -14,4 +14,4 @@ start=$(date +%s)
 "$PY" train.py "${args[@]}" --save_path "$save" ${user[@]+"${user[@]}"}
 run=$save
 echo "run folder: $run  (wall time $(( $(date +%s) - start )) s)"
-"$PY" -c "import json,sys; m=json.load(open(sys.argv[1])); print(json.dumps(m['mean'], indent=2))" "$run/metrics.json"
+"$PY" -m nanocrystal.task_tables summary "$run"

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real fetched dataset (scripts/test.sh fetches it first), loaded once per session."""
+"""Shared fixtures: the real fetched dataset (scripts/test.sh fetches it first), loaded once per test run."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -13,11 +13,12 @@ from streamlit.testing.v1 import AppTest
 
 from nanocrystal.app import load_models, size_interval
 from nanocrystal.cli import main
-from nanocrystal.config import ROOT
+from nanocrystal.config import ROOT, resolve
 from nanocrystal.design import parse_vary, response, series_measurements
 from nanocrystal.predict import (CACHE_FILE, known_substances, load_predictor, load_run, nearest_training, newest_run,
                                  product_overview, recipe_table, training_recipes)
 from nanocrystal.recipes import AMOUNT_COLUMNS, NAME_COLUMNS, RecipeError, series_keys
+from nanocrystal.runs import run_experiment
 
 EXAMPLE = ROOT / "examples" / "recipes.csv"
 PBSE = [("PbO", 4.0), ("Se", 4.0), ("ODE", 40.0), ("OLA", 4.0), ("TOP", 4.5), ("OA", 18.0)]
@@ -38,15 +39,24 @@ def pbse(n_shapes: int, **conditions) -> pd.DataFrame:
     return recipe_table("PbSe", PBSE, n_shapes=n_shapes, **values)
 
 
-def page_script(page: str, size_run: str, shape_run: str) -> None:
+@pytest.fixture(scope="module")
+def uncalibrated_size_run(tmp_path_factory) -> Path:
+    """A tiny size run trained without calibration (--calibration_folds 0), as runs trained before it existed."""
+    cfg = resolve("tiny", {"task": "size", "n_folds": 2, "epochs": 1, "threads": 1, "calibration_folds": 0,
+                           "save_path": str(tmp_path_factory.mktemp("runs") / "uncalibrated")})
+    return run_experiment(cfg)
+
+
+def page_script(page: str, size_run: str, shape_run: str | None) -> None:
     """One page of the app as `streamlit run` shows it (AppTest runs this function's body as the script)."""
     from nanocrystal.app import PAGES, load_models
 
     PAGES[page](load_models(size_run, shape_run))
 
 
-def app_page(page: str, size_run: Path, shape_run: Path) -> AppTest:
-    return AppTest.from_function(page_script, args=(page, str(size_run), str(shape_run)), default_timeout=60).run()
+def app_page(page: str, size_run: Path, shape_run: Path | None) -> AppTest:
+    return AppTest.from_function(page_script, args=(page, str(size_run), shape_run and str(shape_run)),
+                                 default_timeout=60).run()
 
 
 def type_name(at: AppTest, key: str, name: str) -> None:
@@ -200,9 +210,9 @@ def test_cli_app_picks_runs_or_names_the_commands(size_run, shape_run, tmp_path,
     assert str(ROOT) in env["PYTHONPATH"]
 
 
-def test_size_interval_until_and_after_calibration():
-    prediction = pd.DataFrame({"size_nm": [7.12], "size_std": [1.1]})
-    words, band = size_interval(prediction)
+def test_size_interval_with_and_without_calibration():
+    prediction = pd.DataFrame({"size_nm": [7.12], "size_std": [1.1], "size_lo": [np.nan], "size_hi": [np.nan]})
+    words, band = size_interval(prediction)  # a size run without calibration: NaN interval
     assert words["size"].iloc[0] == "7.1 ± 1.1 nm (model spread)" and band == "model spread"
     assert words[["size_lo", "size_hi"]].iloc[0].tolist() == pytest.approx([6.02, 8.22])
     words, band = size_interval(prediction.assign(size_lo=5.2, size_hi=9.6))
@@ -233,7 +243,7 @@ def test_predict_page_names_an_unknown_substance_inline(size_run, shape_run):
     assert not at.subheader  # no prediction
     type_name(at, "predict-0-substance-1", "Unobtainium")
     at.checkbox(key="predict-allow-unknown").check().run()
-    assert "model spread" in at.subheader[0].value and "no descriptor (used as zeros): Unobtainium" in at.warning[0].value
+    assert at.subheader[0].value.endswith("nm)") and "no descriptor (used as zeros): Unobtainium" in at.warning[0].value
 
 
 def test_predict_page_bad_values_and_files_get_messages(size_run, shape_run):
@@ -263,10 +273,20 @@ def test_design_page_returns_candidates(size_run, shape_run):
     at.button(key="design-search").click().run()
     no_failure(at)
     candidates = at.dataframe[0].value
-    assert len(candidates) == 3 and candidates["size"].str.endswith("(model spread)").all()
+    assert len(candidates) == 3 and candidates["size"].str.contains(r"nm \(90 % interval .*–.* nm\)").all()
+    assert candidates["p_within"].between(0, 1).all()  # the tiny runs are calibrated (tiny preset)
     assert candidates["Reaction temperature (°C)"].between(100, 200).all()
     assert candidates["Time (min)"].between(1.25, 20).all()
     assert at.get("progress") and at.get("download_button")
+
+
+def test_a_size_run_without_calibration_shows_the_model_spread_and_cannot_design(uncalibrated_size_run):
+    at = app_page("Predict", uncalibrated_size_run, None)
+    no_failure(at)
+    assert at.subheader[0].value.endswith("nm (model spread)")
+    at = app_page("Design", uncalibrated_size_run, None)
+    no_failure(at)
+    assert at.button(key="design-search").disabled and "has no calibration" in at.warning[0].value
 
 
 def test_explore_page_draws_the_response_and_checks_the_range(size_run, shape_run):

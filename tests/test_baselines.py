@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.exceptions import NotFittedError
 
-from nanocrystal.baselines import (WEAK_WEIGHTS, candidates, fit_selected, fit_tree_fold, inner_splits, predict,
+from nanocrystal.baselines import (WEAK_WEIGHTS, candidates, fit_selected, inner_splits, predict,
                                   predict_mean, selection_summary)
 from nanocrystal.config import resolve
 from nanocrystal.descriptors import DescriptorStore
@@ -82,6 +82,12 @@ def test_featurizer_is_fitted_on_training_rows_only(fold_slice, descriptors):
     # fitting on the validation rows too would have changed the PCA
     leaky = RecipeFeaturizer(store, 8, 20).fit(pd.concat([train, changed]))
     assert not np.allclose(leaky.transform(train), before.transform(train))
+
+
+def fit_tree_fold(cfg, data, store, n_shapes):
+    """What runs.run_fold does for a tree model: choose, refit, predict the validation rows once."""
+    fitted = fit_selected(cfg, data, store, n_shapes)
+    return {**fitted.predict(cfg, data.valid, n_shapes), "selection": fitted.selection}
 
 
 @pytest.mark.parametrize("task", ["size", "shape"])

@@ -1,4 +1,4 @@
-"""predict and design on tiny real runs (conftest.py: size_run, shape_run), built once per session."""
+"""predict and design on tiny real runs (conftest.py: size_run, shape_run), built once per test run."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,8 @@ from nanocrystal.cli import main
 from nanocrystal.config import ROOT, Config, resolve
 from nanocrystal.convert import RECIPE_HEADERS
 from nanocrystal.correction import SeriesCorrection
-from nanocrystal.design import DesignError, OUT_OF_DOMAIN_NM, coverage_warnings, design, loss, parse_vary
+from nanocrystal.design import (DOMAIN_WEIGHT, OUT_OF_DOMAIN, DesignError, coverage_warnings, design, loss,
+                                parse_vary)
 from nanocrystal.encode import encode, fit_encoder
 from nanocrystal.engine import ensemble_predict
 from nanocrystal.files import save_csvs
@@ -238,11 +239,17 @@ def test_a_checkpoint_with_the_older_lightgbm_blend_is_refused(tmp_path, descrip
         load_fold_models(path, descriptors)
 
 
-def test_design_loss_penalises_every_out_of_domain_candidate():
-    """Out of domain by distance or by a value outside the training range (in_domain False at distance < 1)."""
-    prediction = pd.DataFrame({"size_nm": [8.0, 8.0, 8.0], "domain_distance": [0.5, 0.5, 1.5],
-                               "in_domain": [True, False, False]})
-    np.testing.assert_allclose(loss(prediction, 8.0, None), [0.0, OUT_OF_DOMAIN_NM, OUT_OF_DOMAIN_NM + 5.0])
+def test_design_loss_ranks_by_probability_and_penalises_every_out_of_domain_candidate():
+    """1 - p_within; out of domain by distance or by a value outside the training range (in_domain False at
+    distance < 1) ranks below any in-domain candidate; equal probabilities are ordered by the point prediction."""
+    prediction = pd.DataFrame({"size_nm": [8.0, 8.0, 8.0, 9.0, 8.5], "p_within": [0.9, 0.9, 0.9, 0.0, 0.0],
+                               "domain_distance": [0.5, 0.5, 1.5, 0.5, 0.5],
+                               "in_domain": [True, False, False, True, True]})
+    values = loss(prediction, 8.0, None)
+    np.testing.assert_allclose(values[:3], [0.1, 0.1 + OUT_OF_DOMAIN, 0.1 + OUT_OF_DOMAIN + 0.5 * DOMAIN_WEIGHT])
+    assert values[0] < values[4] < values[3] < values[1]  # p 0.9 first; of the two at p 0, 8.5 nm before 9 nm
+    shaped = prediction.assign(prob_sphere=[0.5] * 5, p_failed=[0.2] * 5)
+    np.testing.assert_allclose(loss(shaped, 8.0, "sphere")[0], 1 - 0.9 * 0.5 * 0.8)
 
 
 def test_design_refuses_a_substance_named_in_two_slots(predictor):

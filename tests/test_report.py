@@ -1,6 +1,8 @@
 """The report: tables from fixed, hand-written metrics.json fixtures; figures and atomic, repeatable writing."""
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +11,8 @@ import pytest
 import torch
 
 from nanocrystal.encode import encode
-from nanocrystal.report import (README_BEGIN, README_END, ReportError, load_run, lopo_table, report, same_rows,
-                                shape_table, size_table, tsne_plot)
+from nanocrystal.report import (README_BEGIN, README_END, ReportError, Run, load_run, lopo_table, readme_runs, report,
+                                same_rows, shape_table, size_table, tsne_plot)
 from nanocrystal.runs import load_fold_models, oof_embeddings
 from nanocrystal.splits import paper_folds
 
@@ -77,6 +79,45 @@ def test_report_writes_markdown_and_figures_repeatably(tmp_path, runs):
     assert report(dirs, out, assets, shapes, paper) == text  # regenerates the same text and images
     assert {p.name: p.read_bytes() for p in assets.iterdir()} == first
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temp file left behind
+
+
+def variant(run: Run, name: str, config: dict | None = None, **metrics) -> Run:
+    """A copy of a fixture run with other metrics (`mean` figures as keywords of the same name) and config."""
+    changed = {**run.metrics, "mean": {**run.metrics["mean"], **{k: v for k, v in metrics.items() if k != "model"}}}
+    changed["model"] = metrics.get("model", run.metrics["model"])
+    return Run(run.path.parent / name, changed, run.config if config is None else config)
+
+
+def test_readme_keeps_the_best_run_per_task_and_split_and_the_papers_models(runs):
+    by_name = {r.path.name: r for r in runs}
+    rf, shape_rf = by_name["size-rf-paper"], by_name["shape-rf-paper"]
+    extra = [variant(rf, "size-lgbm-paper", model="lgbm", mae=1.45),  # neither the best nor a model the paper reports
+             variant(rf, "size-rf-paper-worse", mae=1.60),  # the paper's model, but not its best run
+             variant(shape_rf, "shape-rf-recipe", {"size_as_input": False}, accuracy=0.80),  # best of its mode
+             variant(shape_rf, "shape-rf-recipe-worse", {"size_as_input": False}, accuracy=0.79),
+             variant(shape_rf, "shape-transformer-sizein", {"size_as_input": True}, model="transformer", accuracy=0.84)]
+    chosen = {r.path.name for r in readme_runs(runs + extra)}
+    # the best of each task and split (and shape mode), and the best run of each model beside a paper figure
+    assert chosen == {"size-transformer-paper", "size-rf-paper", "size-lgbm-grouped", "size-transformer-lopo",
+                      "shape-rf-paper", "shape-rf-recipe", "shape-transformer-sizein"}
+
+
+def test_readme_block_has_the_chosen_rows_and_results_md_every_row(tmp_path):
+    folders = tmp_path / "runs"
+    shutil.copytree(FIXTURES, folders)
+    worse = folders / "size-lgbm-paper"
+    shutil.copytree(folders / "size-rf-paper", worse)
+    metrics = json.loads((worse / "metrics.json").read_text())
+    metrics.update(model="lgbm", command="python train.py --model lgbm --task size")
+    metrics["mean"]["mae"] = 1.45
+    (worse / "metrics.json").write_text(json.dumps(metrics))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n{README_BEGIN}\n{README_END}\n")
+    text = report([str(p) for p in sorted(folders.iterdir())], tmp_path / "results.md", tmp_path / "assets",
+                  tmp_path / "none", tmp_path / "none.csv", readme)
+    row = "| LightGBM | paper | 1.4500 |"
+    assert row in text and row not in readme.read_text()
+    assert SIZE_TABLE in readme.read_text() and LOPO_TABLE in readme.read_text()
 
 
 def test_paper_predictions_are_matched_on_their_rows():

@@ -140,7 +140,7 @@ def tiny_shape_run(tmp_path_factory):
 def test_a_shape_run_writes_metrics_confusion_probabilities_and_upstream_log_lines(tiny_shape_run):
     metrics = json.loads((tiny_shape_run / "metrics.json").read_text())
     assert metrics["task"] == "shape" and [f["fold"] for f in metrics["per_fold"]] == ["fold0"]
-    assert set(metrics["mean"]) == {"accuracy", "f1", "recall", "precision"}
+    assert set(metrics["mean"]) == {"accuracy", "f1", "recall", "precision", "set_coverage", "mean_set_size"}
     confusion = np.array(metrics["confusion"])
     assert confusion.shape == (N_SHAPES, N_SHAPES) and confusion.sum() == 124
     assert np.trace(confusion) / 124 == pytest.approx(metrics["mean"]["accuracy"])
@@ -150,10 +150,17 @@ def test_a_shape_run_writes_metrics_confusion_probabilities_and_upstream_log_lin
     np.testing.assert_allclose(probabilities.sum(1), 1.0, rtol=1e-5)
     assert (oof["pred"] == probabilities.argmax(1)).all()
     assert (oof["pred"] == oof["true"]).mean() == pytest.approx(metrics["mean"]["accuracy"])
-    tail = (tiny_shape_run / "log.txt").read_text().strip().splitlines()[-4:]
-    assert [line.split("- eval - ")[1].split(":")[0] for line in tail] == ["accuracy", "f1", "recall", "precision"]
-    for line, name in zip(tail, ["accuracy", "f1", "recall", "precision"]):
-        assert float(line.rsplit(" ", 1)[1]) == pytest.approx(metrics["mean"][name], abs=1e-4)
+    # the prediction sets: indices of the shapes kept, most probable first; coverage and size as in metrics.json
+    sets = oof["set"].fillna("").astype(str).str.split("|")
+    assert all(s[0] == str(p) for s, p in zip(sets, oof["pred"]) if s != [""])
+    inside = np.mean([str(t) in s for t, s in zip(oof["true"], sets)])
+    assert inside == pytest.approx(metrics["mean"]["set_coverage"]) == pytest.approx(metrics["uncertainty"]["set_coverage"])
+    names = ["accuracy", "f1", "recall", "precision", "set_coverage", "set_size"]
+    tail = (tiny_shape_run / "log.txt").read_text().strip().splitlines()[-6:]
+    assert [line.split("- eval - ")[1].split(":")[0] for line in tail] == names
+    for line, name in zip(tail, names):
+        key = "mean_set_size" if name == "set_size" else name
+        assert float(line.rsplit(" ", 1)[1]) == pytest.approx(metrics["mean"][key], abs=1e-4)
 
 
 def test_the_run_confusion_matrix_sums_the_folds(shape_run):
@@ -224,9 +231,11 @@ def test_eval_every_records_the_upstream_style_figure_apart_from_the_result(tmp_
     assert metrics["val_selected"]["mean"]["mae"] == pytest.approx(np.mean([c["mae"] for c in chosen]))
     assert metrics["mean"]["mae"] == pytest.approx(np.mean([f["mae"] for f in metrics["per_fold"]]))
     lines = (run_dir / "log.txt").read_text().strip().splitlines()
-    # the labelled figure comes just before upstream's `- eval -` lines, which end the log and carry the result
-    assert ["- eval - " in line for line in lines[-6:]] == [False] + [True] * 5
-    assert lines[-6].split("[INFO]: ")[1].startswith("val-selected, upstream style")
-    assert f"mae {metrics['val_selected']['mean']['mae']:.4f}" in lines[-6]
-    assert float(lines[-5].rsplit(" ", 1)[1]) == pytest.approx(metrics["mean"]["mae"], abs=1e-4)
+    # the labelled figure and the plain baseline come just before upstream's `- eval -` lines (then coverage and
+    # width), which end the log and carry the result
+    assert ["- eval - " in line for line in lines[-9:]] == [False, False] + [True] * 7
+    assert lines[-9].split("[INFO]: ")[1].startswith("val-selected, upstream style")
+    assert lines[-8].split("[INFO]: ")[1].startswith("plain baseline")
+    assert f"mae {metrics['val_selected']['mean']['mae']:.4f}" in lines[-9]
+    assert float(lines[-7].rsplit(" ", 1)[1]) == pytest.approx(metrics["mean"]["mae"], abs=1e-4)
     assert sum("fold0 val-selected curve (not the result)" in line for line in lines) == 3

@@ -113,7 +113,7 @@ def test_loss_decreases(fold0_data, descriptors):
 def test_an_epoch_takes_every_recipe_row_and_a_fresh_share_of_the_failures():
     failed = torch.arange(4000) >= 1000  # 1,000 recipe rows, then 3,000 failures
     full = epoch_order(failed, 1.0, torch.Generator().manual_seed(0))
-    assert torch.equal(full, torch.randperm(4000, generator=torch.Generator().manual_seed(0)))  # as before the option
+    assert torch.equal(full, torch.randperm(4000, generator=torch.Generator().manual_seed(0)))  # share 1: a plain permutation
     generator = torch.Generator().manual_seed(0)
     first, second = epoch_order(failed, 0.2, generator), epoch_order(failed, 0.2, generator)
     for order in (first, second):
@@ -148,9 +148,22 @@ def test_run_folder_holds_everything(tiny_run):
     oof = pd.read_csv(tiny_run / "oof_predictions.csv")
     assert len(oof) == 248 and set(oof.columns) >= {"ID", "fold", "true", "pred"}
     assert np.mean(np.abs(oof["true"] - oof["pred"])) == pytest.approx(metrics["mean"]["mae"], rel=0.02)
-    tail = (tiny_run / "log.txt").read_text().strip().splitlines()[-5:]
-    assert [line.split("- eval - ")[1].split(":")[0] for line in tail] == ["mae", "mse", "rmse", "mape", "r2"]
+    tail = (tiny_run / "log.txt").read_text().strip().splitlines()[-7:]
+    assert [line.split("- eval - ")[1].split(":")[0] for line in tail] == ["mae", "mse", "rmse", "mape", "r2",
+                                                                           "coverage", "width"]
     assert float(tail[0].rsplit(" ", 1)[1]) == pytest.approx(metrics["mean"]["mae"], abs=1e-4)
+    # the intervals: oof columns lo, hi beside pred; coverage and width per fold, their mean, and by series
+    assert (oof["lo"] < oof["pred"]).all() and (oof["pred"] < oof["hi"]).all()
+    inside = (oof["true"] >= oof["lo"]) & (oof["true"] <= oof["hi"])
+    per_fold = inside.groupby(oof["fold"]).mean()
+    assert [f["coverage"] for f in metrics["per_fold"]] == pytest.approx(per_fold.loc[["fold0", "fold1"]].tolist())
+    assert float(tail[-2].rsplit(" ", 1)[1]) == pytest.approx(metrics["mean"]["coverage"], abs=1e-4)
+    assert float(tail[-1].rsplit(" ", 1)[1]) == pytest.approx(metrics["mean"]["mean_width_nm"], abs=1e-4)
+    u = metrics["uncertainty"]
+    assert u["confidence"] == 0.9 and u["coverage"] == pytest.approx(inside.mean())
+    seen = oof["series"] == "seen"
+    assert u["seen_series"]["rows"] == seen.sum() and u["new_series"]["coverage"] == pytest.approx(inside[~seen].mean())
+    assert u["baseline"]["mean_width_nm"] == pytest.approx((oof["baseline_hi"] - oof["baseline_lo"]).mean())
 
 
 def test_checkpoint_round_trips_to_identical_predictions(tiny_run, table, descriptors):

@@ -1,0 +1,57 @@
+"""The installed package: the `nanocrystal` console script, `nanocrystal train`, and the lock against pyproject.toml."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from nanocrystal.cli import main
+from nanocrystal.config import ROOT
+
+
+def locked_versions() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"requirements.txt: {line!r} is not an exact pin"
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+def test_lock_pins_every_direct_dependency_within_its_range():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = locked_versions()
+    direct = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]]
+    unlocked = [str(r) for r in direct if r.name.lower() not in pins]
+    assert not unlocked, f"not in requirements.txt (run scripts/lock.sh): {unlocked}"
+    outside = [f"{r} (locked {pins[r.name.lower()]})" for r in direct
+               if not r.specifier.contains(pins[r.name.lower()], prereleases=True)]
+    assert not outside, f"locked outside pyproject.toml's range (run scripts/lock.sh): {outside}"
+    assert pins["torch"].endswith("+cpu")  # a CUDA build is several GB and useless on these machines
+
+
+def test_console_script_is_the_cli():
+    (script,) = entry_points(group="console_scripts", name="nanocrystal")
+    assert script.load() is main
+
+
+def test_console_script_validates_a_file(recipes_path):
+    script = Path(sys.executable).parent / "nanocrystal"
+    done = subprocess.run([str(script), "validate", str(recipes_path)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert f"{recipes_path}: 3,489 rows" in done.stdout
+
+
+def test_train_subcommand_passes_every_flag_to_train_py(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--task", "shape", "--help"])
+    assert exit_.value.code == 0 and "--size_as_input" in capsys.readouterr().out  # train.py's own help
+    missing = tmp_path / "missing.json"
+    assert main(["train", "--config", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
