@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nanocrystal.baselines import featurizer, make_estimator, predict  # noqa: E402
 from nanocrystal.config import ROOT, Config, resolve  # noqa: E402
-from nanocrystal.correction import scaled_conditions, siblings  # noqa: E402
+from nanocrystal.correction import scaled_conditions, series_groups, siblings  # noqa: E402
 from nanocrystal.descriptors import DescriptorStore, load_descriptors  # noqa: E402
 from nanocrystal.recipes import load_dataset, series_keys  # noqa: E402
 from nanocrystal.runs import FoldData, fit_neural_fold  # noqa: E402
@@ -84,7 +84,8 @@ def sibling_histogram(part: FoldData, n_shapes: int, scale: float) -> np.ndarray
     fit = part.train[~part.train["failed"].to_numpy()]
     shapes = fit["Y3"].to_numpy(int)
     histogram = np.zeros((len(part.valid), n_shapes))
-    for row, found, weights in siblings(series_keys(fit).to_numpy(object), scaled_conditions(fit), part.valid, scale):
+    groups = series_groups(series_keys(fit).to_numpy(object))
+    for row, found, weights in siblings(groups, scaled_conditions(fit), part.valid, scale):
         np.add.at(histogram[row], shapes[found], weights)
     return histogram
 

@@ -1,5 +1,5 @@
 """`python -m nanocrystal <command>` (or `nanocrystal <command>`): fetch, validate, convert, train, report, predict,
-design."""
+design, app."""
 from __future__ import annotations
 
 import argparse
@@ -154,6 +154,52 @@ def design_progress(trials: int) -> Callable[[int, int, float], None]:
     return lambda evaluated, _, best: progress.update(evaluated - progress.done, best_loss=best)
 
 
+def app_runs(args: argparse.Namespace) -> tuple[dict, list[str]]:
+    """The app's size and shape runs: as given, or (without --size-run) the newest finished ones in --runs; and every
+    problem, one line each."""
+    from .predict import PredictError, newest_run, run_config
+
+    runs, problems = {"size": args.size_run, "shape": args.shape_run}, []
+    made_by = {"size": ("size", "bash scripts/best_size.sh", "about 13 min"),
+               "shape": ("recipe-only shape", "bash scripts/best_cls.sh", "its <P>-recipe run; about 15 min")}
+    for task in ("size", "shape") if args.size_run is None and args.shape_run is None else ():
+        runs[task] = newest_run(args.runs, task)
+        if runs[task] is None:
+            kind, command, time = made_by[task]
+            problems.append(f"error: no finished {kind} run in {args.runs}: `{command}` makes one ({time}); "
+                            f"or give --size-run (and --shape-run)")
+    if args.size_run is None and args.shape_run is not None:
+        problems.append("error: --shape-run needs --size-run")
+    for task, run in runs.items():
+        try:
+            found = None if run is None else run_config(Path(run)).task
+        except PredictError as error:
+            problems.append(f"error: {error}")
+            continue
+        if found not in (None, task):
+            problems.append(f"error: {run}: --{task}-run is a {found} run")
+    return runs, problems
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    """Serve the app (streamlit run nanocrystal/app.py) in place of this process; 2 on a problem with the runs."""
+    import os
+
+    runs, problems = app_runs(args)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 2
+    print(f"size run: {runs['size']}\nshape run: {runs['shape'] or '(none: size only)'}", flush=True)
+    options = {"server.address": "localhost", "server.port": args.port, "server.headless": "true",
+               "browser.gatherUsageStats": "false", "server.fileWatcherType": "none", "client.toolbarMode": "minimal"}
+    command = [sys.executable, "-m", "streamlit", "run", str(Path(__file__).with_name("app.py")),
+               *[f"--{name}={value}" for name, value in options.items()],
+               "--", "--size-run", str(runs["size"]), *(["--shape-run", str(runs["shape"])] if runs["shape"] else [])]
+    # streamlit puts the script's folder on sys.path, not the project's: the app imports nanocrystal from ROOT
+    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    os.execve(sys.executable, command, {**os.environ, "PYTHONPATH": path})  # the server replaces this process
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import report
 
@@ -289,6 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
     design.add_argument("--out", default=None, help="CSV to write: model columns + predictions")
     design.add_argument("--force", action="store_true", help="replace OUT if it exists")
     design.set_defaults(handler=cmd_design)
+
+    app = commands.add_parser("app", help="serve the web app (predict, explore, design, data) on localhost")
+    app.add_argument("--size-run", default=None, help="run folder of a size run (default: the newest finished size "
+                     "run and recipe-only shape run in --runs)")
+    app.add_argument("--shape-run", default=None, help="run folder of a recipe-only shape run (with --size-run; "
+                     "without it the app predicts size only)")
+    app.add_argument("--port", type=int, default=8501)
+    app.add_argument("--runs", default=str(ROOT / "runs"), help="where to look for the newest runs")
+    app.set_defaults(handler=cmd_app)
 
     report = commands.add_parser("report", help="comparison tables and figures from run folders (metrics.json)")
     report.add_argument("runs", nargs="+", help="run folders, e.g. runs/*")

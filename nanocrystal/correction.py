@@ -14,6 +14,7 @@ rows of the paper split (docs/size_model.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterator
 
 import numpy as np
@@ -31,14 +32,18 @@ def scaled_conditions(table: pd.DataFrame) -> np.ndarray:
     return np.column_stack([*columns, np.log1p(np.maximum(table["Time"].to_numpy(np.float64), 0.0))])
 
 
-def siblings(keys: np.ndarray, conditions: np.ndarray, table: pd.DataFrame, scale: float
+def series_groups(keys: np.ndarray) -> dict[str, np.ndarray]:
+    """Series key -> the positions of the candidates with that key."""
+    return pd.Series(np.arange(len(keys))).groupby(keys).indices if len(keys) else {}
+
+
+def siblings(groups: dict[str, np.ndarray], conditions: np.ndarray, table: pd.DataFrame, scale: float
              ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """For each row of `table` whose series has candidates (`keys`: their series keys, `conditions`: their
+    """For each row of `table` whose series has candidates (`groups`: their series_groups, `conditions`: their
     `scaled_conditions`): (row, the candidates' positions, their weights exp(-d / scale)), d the L1 distance of the
     scaled conditions."""
-    if not len(table) or not len(keys):
+    if not len(table) or not groups:
         return
-    groups = pd.Series(np.arange(len(keys))).groupby(keys).apply(np.asarray).to_dict()
     scaled = scaled_conditions(table)
     for row, key in enumerate(series_keys(table).to_numpy(object)):
         found = groups.get(key)
@@ -64,10 +69,15 @@ class SeriesCorrection:
         residuals = np.log(rows["Y1"].to_numpy(np.float64)) - np.log(np.asarray(predicted_nm, np.float64)[keep])
         return cls(series_keys(rows).to_numpy(object), scaled_conditions(rows), residuals, scale, shrink)
 
+    @cached_property
+    def groups(self) -> dict[str, np.ndarray]:
+        """Built once: predict and the app ask for the factors of a few recipes at a time."""
+        return series_groups(self.keys)
+
     def factors(self, table: pd.DataFrame) -> np.ndarray:
         """The multiplicative correction of each row of `table` (1 for a recipe without training siblings)."""
         out = np.ones(len(table))
-        for row, found, weights in siblings(self.keys, self.conditions, table, self.scale):
+        for row, found, weights in siblings(self.groups, self.conditions, table, self.scale):
             total = weights.sum() + self.shrink
             if total > 0:  # all siblings so far that their weights underflow, and no shrink: no correction
                 out[row] = np.exp((weights * self.log_residuals[found]).sum() / total)
@@ -98,10 +108,15 @@ class Siblings:
         rows = train[has_size(train).to_numpy()]
         return cls(series_keys(rows).to_numpy(object), scaled_conditions(rows), scale)
 
+    @cached_property
+    def groups(self) -> dict[str, np.ndarray]:
+        """Built once, as SeriesCorrection.groups."""
+        return series_groups(self.keys)
+
     def proximity(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(seen, proximity) of each row of `table`."""
         seen, proximity = np.zeros(len(table), bool), np.zeros(len(table))
-        for row, _, weights in siblings(self.keys, self.conditions, table, self.scale):
+        for row, _, weights in siblings(self.groups, self.conditions, table, self.scale):
             seen[row], proximity[row] = True, weights.sum()
         return seen, proximity
 

@@ -31,9 +31,9 @@ import optuna
 import pandas as pd
 
 from .errors import InputError
-from .predict import DEFAULT_CONFIDENCE, Predictor, shape_column, training_positions
-from .recipes import (ABSOLUTE_ZERO_C, AMOUNT_COLUMNS, CONDITION_COLUMNS, FLOAT32_MAX, MAX_TEMPERATURE_C, NAME_COLUMNS,
-                      PRODUCT_NAME, REQUIRED_COLUMNS, TEMPERATURE_COLUMNS, UNKNOWN, load_dataset)
+from .predict import DEFAULT_CONFIDENCE, Predictor, TrainingRecipes, measured, shape_column, training_positions
+from .recipes import (ABSOLUTE_ZERO_C, AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, FLOAT32_MAX, MAX_TEMPERATURE_C,
+                      NAME_COLUMNS, PRODUCT_NAME, REQUIRED_COLUMNS, TEMPERATURE_COLUMNS, UNKNOWN, load_dataset)
 from .splits import combined_table
 
 OUT_OF_DOMAIN = 1.0  # flat penalty, the whole range of 1 - p_success: any in-domain candidate ranks first
@@ -238,3 +238,42 @@ def design(predictor: Predictor, template: pd.DataFrame, target_size: float, ran
         warnings.append(f"{outside} of the {len(best)} candidates are out of domain: their predictions are "
                         f"extrapolations")
     return Design(best[columns], warnings, len(found))
+
+
+def response(predictor: Predictor, template: pd.DataFrame, r: Range, points: int = 25) -> pd.DataFrame:
+    """The one-recipe template predicted with one value swept over its range (evenly spaced, on the log scale for a
+    log range; not rounded): the varied column, then predict's columns, one row per point."""
+    if len(template) != 1 or points < 2:
+        raise DesignError([f"a response needs one recipe and at least 2 points (got {len(template)} and {points})"])
+    grid = np.geomspace(r.low, r.high, points) if r.log else np.linspace(r.low, r.high, points)
+    table = pd.concat([template] * points, ignore_index=True)
+    table[r.column] = grid
+    return pd.concat([table[[r.column]], predictor.predict(table)], axis=1)
+
+
+def series_measurements(training: TrainingRecipes, template: pd.DataFrame, r: Range) -> pd.DataFrame:
+    """The measured training recipes of the template's series along r: the same product, conditions, substances and
+    amounts as the one-recipe template (substances in any slot order) except the varied value. The varied value, ID
+    and predict.measured's labels, one row per recipe."""
+    recipe = template.iloc[0]
+    varied = recipe[NAME_COLUMNS[AMOUNT_COLUMNS.index(r.column)]] if r.column in AMOUNT_COLUMNS else None
+    conditions = [c for c in CONDITION_COLUMNS if c != r.column]
+
+    def keys(table: pd.DataFrame) -> list[tuple]:
+        names, amounts = table[list(NAME_COLUMNS)].to_numpy(object), table[list(AMOUNT_COLUMNS)].to_numpy(float)
+        # the varied substance is compared by name only, every other one by name and amount
+        return [(tuple(c), tuple(sorted((n, None if n == varied else round(a, 6))
+                                        for n, a in zip(row_names, row_amounts) if n != EMPTY_NAME)))
+                for c, row_names, row_amounts in zip(table[conditions].to_numpy(float).round(6), names, amounts)]
+
+    rows = training.rows
+    rows = rows[rows[PRODUCT_NAME] == recipe[PRODUCT_NAME]]
+    wanted = keys(template)[0]
+    series = rows[np.array([k == wanted for k in keys(rows)], dtype=bool)]
+    if varied is None:
+        values = series[r.column].to_numpy(float)
+    else:  # whichever slot holds the varied substance
+        values = np.where(series[list(NAME_COLUMNS)].to_numpy(object) == varied,
+                          series[list(AMOUNT_COLUMNS)].to_numpy(float), 0.0).sum(1)
+    return pd.concat([pd.DataFrame({r.column: values, "ID": series["ID"].to_numpy()}),
+                      measured(series, training.shapes).reset_index(drop=True)], axis=1)

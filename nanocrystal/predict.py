@@ -19,6 +19,7 @@ recipe is also out of domain when a condition or an amount lies beyond every tra
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,14 +32,14 @@ from sklearn.neighbors import NearestNeighbors
 from .config import Config, ConfigError
 from .convert import convert_file
 from .correction import SeriesCorrection
-from .descriptors import load_descriptors
+from .descriptors import INTERMEDIATE_SEPARATOR, load_descriptors
 from .encode import Encoder, encode, unknown_substances
 from .engine import predict as model_predict
 from .errors import InputError
 from .files import write_atomic
 from .progress import Progress
-from .recipes import (AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, LABEL_COLUMNS, NAME_COLUMNS, PRODUCT_NAME,
-                      SHAPES_FILE, UNKNOWN, RecipeError, load_dataset, load_shapes, read_csv_raw,
+from .recipes import (AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, LABEL_COLUMNS, NAME_COLUMNS, PRODUCT_AMOUNT,
+                      PRODUCT_NAME, SHAPES_FILE, UNKNOWN, RecipeError, load_dataset, load_shapes, read_csv_raw,
                       read_frame)
 from .runs import NEURAL_MODELS, CheckpointError, blend, load_fold_models, neural_spread
 from .splits import combined_table, make_folds, task_rows
@@ -211,9 +212,9 @@ def save_cache(path: Path, fingerprint: str, arrays: dict[str, np.ndarray]) -> N
         return
 
 
-def reference_arrays(run_dir: Path, cfg: Config, loaded: dict) -> dict[str, np.ndarray]:
+def reference_arrays(run_dir: Path, cfg: Config, loaded: dict, write_cache: bool = True) -> dict[str, np.ndarray]:
     """`<fold>__<member>`: embeddings of that fold's training rows, and `<fold>__<member>__threshold`; from the cache,
-    or computed (and cached)."""
+    or computed (and cached unless write_cache is false)."""
     fingerprint = run_fingerprint(run_dir, [run_dir / f"{name}.pt" for name in loaded])
     cache_path = run_dir / CACHE_FILE
     cached = load_cache(cache_path, fingerprint)
@@ -232,13 +233,13 @@ def reference_arrays(run_dir: Path, cfg: Config, loaded: dict) -> dict[str, np.n
             key = f"{name}__{k}"
             arrays[key] = embed(member, train, encoder)
             arrays[f"{key}__threshold"] = np.array(loo_threshold(arrays[key]))
-    save_cache(cache_path, fingerprint, arrays)
+    if write_cache:
+        save_cache(cache_path, fingerprint, arrays)
     return arrays
 
 
-def load_run(path: str | Path) -> Run:
-    """Every fold checkpoint of a run folder, with its applicability reference."""
-    run_dir = Path(path)
+def run_config(run_dir: Path) -> Config:
+    """The config of a run folder that predict can use (a neural run with fold checkpoints); PredictError if not."""
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise PredictError(f"{run_dir}: not a run folder (no config.json)")
@@ -249,9 +250,17 @@ def load_run(path: str | Path) -> Run:
     if cfg.model not in NEURAL_MODELS:
         raise PredictError(f"{run_dir}: a {cfg.model} run; predict needs a neural run ({', '.join(NEURAL_MODELS)}: "
                            "fold checkpoints)")
-    checkpoints = sorted(run_dir.glob("*.pt"))
-    if not checkpoints:
+    if not any(run_dir.glob("*.pt")):
         raise PredictError(f"{run_dir}: no fold checkpoints (*.pt); is the run finished?")
+    return cfg
+
+
+def load_run(path: str | Path, write_cache: bool = True) -> Run:
+    """Every fold checkpoint of a run folder, with its applicability reference. With write_cache false the folder is
+    only read (the app): a missing or stale applicability cache is computed in memory."""
+    run_dir = Path(path)
+    cfg = run_config(run_dir)
+    checkpoints = sorted(run_dir.glob("*.pt"))
     store = load_descriptors(cfg.feats_path)
     loaded = {}
     for checkpoint in checkpoints:
@@ -260,7 +269,8 @@ def load_run(path: str | Path) -> Run:
         except CheckpointError as error:  # names the file and what to do
             raise PredictError(str(error)) from None
         loaded[checkpoint.stem] = saved
-    arrays = reference_arrays(run_dir, cfg, {name: (saved.encoder, saved.members) for name, saved in loaded.items()})
+    arrays = reference_arrays(run_dir, cfg, {name: (saved.encoder, saved.members) for name, saved in loaded.items()},
+                              write_cache)
     folds = [FoldModels(name, saved.encoder, saved.members,
                         [Reference(NearestNeighbors(n_neighbors=1).fit(arrays[f"{name}__{k}"]),
                                    float(arrays[f"{name}__{k}__threshold"])) for k in range(len(saved.members))],
@@ -394,11 +404,11 @@ class Predictor:
         return out
 
 
-def load_predictor(size_run: str | Path, shape_run: str | Path | None = None) -> Predictor:
-    size = load_run(size_run)
+def load_predictor(size_run: str | Path, shape_run: str | Path | None = None, write_cache: bool = True) -> Predictor:
+    size = load_run(size_run, write_cache)
     if size.cfg.task != "size":
         raise PredictError(f"{size_run}: --size-run is a {size.cfg.task} run")
-    shape = load_run(shape_run) if shape_run else None
+    shape = load_run(shape_run, write_cache) if shape_run else None
     if shape is not None and shape.cfg.task != "shape":
         raise PredictError(f"{shape_run}: --shape-run is a {shape.cfg.task} run")
     return Predictor(size, shape, load_shapes(Path(size.cfg.data_dir) / SHAPES_FILE))
@@ -463,3 +473,141 @@ def legend(frame: pd.DataFrame, confidence: float) -> str:
     sets = f"; shape_set: the shapes a {confidence:.0%} prediction set keeps" if "shape_set" in frame else ""
     return (f"size_lo..size_hi: the {confidence:.0%} conformal interval of the size{sets}; size_std: spread of the "
             "ensemble's models, not an interval")
+
+
+# ---- what the app shows beside a prediction ---------------------------------------------------------------------------
+
+FORM_SOURCE = "form"
+# a form's fields in words, for messages about a recipe entered by hand (the model columns are upstream's codes)
+FIELD_LABELS = {"Temperature1": "injection temperature", "Temperature2": "reaction temperature",
+                "Speed": "heating rate", "Time": "time", PRODUCT_NAME: "product", PRODUCT_AMOUNT: "product amount",
+                **{a: f"amount of substance {k + 1}" for k, a in enumerate(AMOUNT_COLUMNS)},
+                **{n: f"substance {k + 1}" for k, n in enumerate(NAME_COLUMNS)}}
+FAILED_SHAPE = "failed"
+
+
+def form_problem(problem: str) -> str:
+    """`form:<line>:<column>: message` (validate_frame's wording) -> `<field>: message`, column codes in words."""
+    _, _, column, message = problem.split(":", 3)
+    message = re.sub(r"\b[A-M][12]\b", lambda code: FIELD_LABELS[code.group()], message.strip())
+    return f"{FIELD_LABELS.get(column, column)}: {message}"
+
+
+def recipe_table(product: str, substances: list[tuple[str, float]], temperature1: float, temperature2: float,
+                 time_min: float, heating_rate: float, n_shapes: int) -> pd.DataFrame:
+    """One recipe entered in a form: (substance, amount mmol) pairs in slot order (an empty name with amount 0 is an
+    unused slot). Validated as a recipe file; RecipeError names the form's fields in words."""
+    if len(substances) > len(AMOUNT_COLUMNS):
+        raise RecipeError([f"at most {len(AMOUNT_COLUMNS)} substances, got {len(substances)}"])
+    raw = {PRODUCT_NAME: product, PRODUCT_AMOUNT: "1", "Temperature1": repr(float(temperature1)),
+           "Temperature2": repr(float(temperature2)), "Time": repr(float(time_min)),
+           "Speed": repr(float(heating_rate))}
+    for (name, amount), amount_column, name_column in zip(substances, AMOUNT_COLUMNS, NAME_COLUMNS):
+        raw[amount_column], raw[name_column] = repr(float(amount)), name
+    try:
+        return read_frame(pd.DataFrame([raw], dtype=str), FORM_SOURCE, n_shapes, prepare_raw)
+    except RecipeError as error:
+        raise RecipeError([form_problem(p) for p in error.problems]) from None
+
+
+def known_substances(predictor: Predictor) -> list[str]:
+    """The descriptor table's names a recipe may use, reaction intermediates (`A@B`, made by augment) left out."""
+    names = set(predictor.encoders()[0].vocabulary) - {EMPTY_NAME}
+    return sorted(n for n in names if INTERMEDIATE_SEPARATOR not in n)
+
+
+@dataclass(frozen=True)
+class TrainingRecipes:
+    """The dataset as a run saw it: the combined table (recipes, then failed syntheses) and each fold's training rows."""
+    table: pd.DataFrame
+    positions: dict[str, np.ndarray]  # fold name -> positions in `table`
+    shapes: list[str]
+
+    @property
+    def rows(self) -> pd.DataFrame:
+        """Every row some fold trained on."""
+        return self.table.iloc[np.unique(np.concatenate(list(self.positions.values())))]
+
+    def products(self) -> list[str]:
+        """The products of the dataset's recipes (failed syntheses often name none)."""
+        return sorted(set(self.table.loc[~self.table["failed"], PRODUCT_NAME]))
+
+
+def training_recipes(run: Run) -> TrainingRecipes:
+    table = combined_table(load_dataset(run.cfg.data_dir))
+    return TrainingRecipes(table, training_positions(run.cfg, table), load_shapes(Path(run.cfg.data_dir) / SHAPES_FILE))
+
+
+def measured(table: pd.DataFrame, shapes: list[str]) -> pd.DataFrame:
+    """The labels of dataset rows in words: product, measured size (NaN when unknown), shape name ('failed' for a
+    failed synthesis, '' when unknown), particles counted (Num; at least 300 is a solid size label)."""
+    names = np.array([*shapes, FAILED_SHAPE, ""], dtype=object)  # index -1 (unknown) picks the last
+    size = table["Y1"].where(table["Y1"] > 0)
+    return pd.DataFrame({"product": table[PRODUCT_NAME], "measured_size_nm": size,
+                         "measured_shape": names[table["Y3"].to_numpy()], "particles_counted": table["Num"]},
+                        index=table.index)
+
+
+def reagents_text(table: pd.DataFrame) -> list[str]:
+    """Per row: the used substances with their amounts, e.g. `PbO 4, Se 4, ODE 40` (mmol)."""
+    names, amounts = table[list(NAME_COLUMNS)].to_numpy(object), table[list(AMOUNT_COLUMNS)].to_numpy(float)
+    return [", ".join(f"{n} {a:g}" for n, a in zip(row_names, row_amounts) if n != EMPTY_NAME)
+            for row_names, row_amounts in zip(names, amounts)]
+
+
+@torch.no_grad()
+def nearest_training(run: Run, training: TrainingRecipes, table: pd.DataFrame, k: int = 5) -> pd.DataFrame:
+    """For each recipe (`recipe`: its position in `table`), the k training recipes nearest to it in the run's own
+    representations, as the applicability check measures them, with each fold's first model (its members learnt the
+    same rows; one answers a page in a fraction of the time): a training row's `distance` is its smallest distance
+    over those models, in units of the model's threshold."""
+    found = []
+    for fold in run.folds:
+        member, reference = fold.members[0], fold.references[0]
+        distance, index = reference.neighbours.kneighbors(member.cls_embedding(encode(table, fold.encoder)).numpy(),
+                                                          n_neighbors=k)
+        found.append(pd.DataFrame({"recipe": np.repeat(np.arange(len(table)), k),
+                                   "row": training.positions[fold.name][index.ravel()],
+                                   "distance": distance.ravel() / reference.threshold}))
+    nearest = (pd.concat(found).groupby(["recipe", "row"], as_index=False)["distance"].min()
+               .sort_values(["recipe", "distance"], kind="stable").groupby("recipe").head(k))
+    rows = training.table.iloc[nearest["row"].to_numpy()]
+    labels = measured(rows, training.shapes)
+    return pd.DataFrame({"recipe": nearest["recipe"].to_numpy(), "distance": nearest["distance"].to_numpy(),
+                         "ID": rows["ID"].to_numpy(), "product": rows[PRODUCT_NAME].to_numpy(),
+                         **{c: rows[c].to_numpy() for c in CONDITION_COLUMNS}, "reagents": reagents_text(rows),
+                         **{c: labels[c].to_numpy() for c in ("measured_size_nm", "measured_shape",
+                                                              "particles_counted")}})
+
+
+def product_overview(training: TrainingRecipes) -> pd.DataFrame:
+    """The dataset by product, most recipes first: recipes, failed syntheses naming it, recipes with a measured size,
+    their median size, then the count of each measured shape."""
+    labels = measured(training.table, training.shapes)
+    failed = labels["measured_shape"] == FAILED_SHAPE
+    recipes = labels[~failed]
+    by_product = recipes.groupby("product")
+    overview = pd.DataFrame({
+        "recipes": by_product.size(),
+        "failed_syntheses": labels[failed].groupby("product").size().reindex(by_product.size().index, fill_value=0),
+        "with_size": by_product["measured_size_nm"].count(),
+        "median_size_nm": by_product["measured_size_nm"].median(),
+    })
+    shapes = pd.crosstab(recipes["product"], recipes["measured_shape"]).reindex(columns=training.shapes, fill_value=0)
+    overview = overview.join(shapes).sort_values("recipes", ascending=False, kind="stable")
+    return overview.rename_axis("product").reset_index()
+
+
+def newest_run(runs_dir: str | Path, task: str) -> Path | None:
+    """The newest finished run (metrics.json) of a task that predict can use, with fold<k>.pt checkpoints (not a
+    leave-one-product-out run); for shape, a recipe-only run (no --size_as_input). None when there is none."""
+    found = []
+    for metrics in Path(runs_dir).glob("*/metrics.json"):
+        run_dir = metrics.parent
+        try:
+            cfg = run_config(run_dir)
+        except PredictError:
+            continue
+        if cfg.task == task and not cfg.size_as_input and any(run_dir.glob("fold[0-9]*.pt")):
+            found.append((metrics.stat().st_mtime, str(run_dir)))
+    return Path(max(found)[1]) if found else None

@@ -250,9 +250,11 @@ def substance_amounts(table: pd.DataFrame) -> np.ndarray:
 
 
 def series_keys(table: pd.DataFrame) -> pd.Series:
-    """Recipe series: same product, same reagent names and amounts (differs only in temperature/time/heating rate)."""
-    names = table[list(NAME_COLUMNS)].astype(str)
-    amounts = table[list(AMOUNT_COLUMNS)].round(6).astype(str)
-    parts = [table[PRODUCT_NAME].astype(str)] + [names[c] + "=" + amounts[a]
-                                                 for c, a in zip(NAME_COLUMNS, AMOUNT_COLUMNS)]
-    return pd.concat(parts, axis=1).agg("|".join, axis=1)
+    """Recipe series: same product, same reagent names and amounts (differs only in temperature/time/heating rate).
+    `product|name=amount|...` over the 13 slots, amounts rounded to 6 decimals as str(float) writes them: the series
+    correction saves these keys in checkpoints. Plain Python per row: pandas' string columns took 28 ms for one row."""
+    names = table[list(NAME_COLUMNS)].to_numpy(dtype=object)
+    amounts = table[list(AMOUNT_COLUMNS)].to_numpy(dtype=np.float64).round(6)
+    keys = ["|".join([str(product), *(f"{name}={float(amount)}" for name, amount in zip(row_names, row_amounts))])
+            for product, row_names, row_amounts in zip(table[PRODUCT_NAME].to_numpy(object), names, amounts)]
+    return pd.Series(keys, index=table.index)

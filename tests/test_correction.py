@@ -98,3 +98,11 @@ def test_siblings_too_far_to_weigh_anything_give_no_correction(series):
     train["Temperature2"] += 100_000.0  # 5,000 units away: every weight underflows to 0
     correction = SeriesCorrection.fit(train, train["Y1"].to_numpy() * 2.0, scale=0.5, shrink=0.0)
     np.testing.assert_array_equal(correction.factors(valid), [1.0])
+
+
+def test_series_keys_keep_the_format_checkpoints_saved(table):
+    """The series correction saves these keys in checkpoints: another format would silently correct nothing."""
+    assert series_keys(table.iloc[[0]]).tolist() == [
+        "PbSe|PbO=5.0|Se=5.0|ODE=46.875|OLA=5.015|TOP=5.605|OA=22.214" + "|PlaceHolder=0.0" * 7]
+    rounded = series_keys(table.iloc[[0]].assign(A1=5.0000004, B1=1e-7))  # 6 decimals
+    assert rounded.iloc[0].startswith("PbSe|PbO=5.0|Se=0.0|")
