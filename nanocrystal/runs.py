@@ -628,6 +628,8 @@ def run_experiment(cfg: Config, command: str = "") -> Path:
             with context.Pool(min(cfg.workers, len(pending)), initializer=quiet_worker) as pool:
                 for result in [pool.apply_async(run_fold, (cfg, run_dir, fold)) for fold in pending]:
                     result.get()
+                pool.close()  # done: the workers exit on their own (terminate() would interrupt their clean-up)
+                pool.join()
         else:
             for fold in pending:
                 run_fold(cfg, run_dir, fold)

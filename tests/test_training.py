@@ -291,3 +291,14 @@ def test_progress_is_logged_as_lines_without_a_terminal(tiny_run):
         f"fold0 transformer: {k}/3 epochs, member 1/1, epoch {k}/3" for k in (1, 2, 3)]
     assert all(float(p.rsplit("loss ", 1)[1]) > 0 for p in progress)
     assert "\r" not in "".join(lines)
+
+
+def test_folds_in_worker_processes_end_without_noise(tmp_path):
+    """--workers 2: the workers finish and exit on their own; stopping them at the end printed tracebacks from their
+    clean-up (torch's finalizers interrupted by SIGTERM)."""
+    run = tmp_path / "run"
+    command = [sys.executable, "train.py", "--preset", "tiny", "--n_folds", "2", "--workers", "2", "--epochs", "1",
+               "--threads", "1", "--calibration_folds", "0", "--save_path", str(run)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == ""
+    assert {"fold0.json", "fold1.json", "metrics.json"} <= {p.name for p in run.iterdir()}
