@@ -64,6 +64,7 @@ class Config:
     freeze_descriptors: bool = False
     numeric_embedding: str = "periodic"  # periodic (rtdl PLR) | mlp: how amounts and conditions become vectors
     substance_embedding: bool = True  # learned per-substance offset added to the projected descriptor
+    pack_tokens: bool = False  # transformer on a CPU: compute only the real tokens (model.packed_encoder)
 
     # training
     epochs: int = 150
@@ -94,6 +95,7 @@ class Config:
     threads: int = 1  # torch threads per process (0 = torch's default)
     workers: int = 1  # folds trained in parallel processes
     device: str = "auto"  # auto | cpu | cuda
+    mixed_precision: bool = True  # on a GPU only: the forward pass in bfloat16 autocast (engine.train_step)
 
     # output
     save_path: str = ""  # default runs/<exp>-<timestamp>
@@ -163,7 +165,7 @@ PRESETS: dict[str, dict] = {
     "paper": dict(d_model=256, depth=8, n_heads=4, d_ffn=256, dropout=0.1, epochs=8000, pretrain_epochs=200,
                   batch_size=256, lr=2e-4, weight_decay=0.01, warmup_epochs=10, ema_decay=0.99,
                   amount_scaling="robust", numeric_embedding="mlp", substance_embedding=False, n_members=1,
-                  snapshots=1, workers=1),
+                  snapshots=1, workers=1, pack_tokens=True),
 }
 
 

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .config import Config
 from .encode import Batch
@@ -27,10 +26,12 @@ def size_loss(pred_nm: torch.Tensor, batch: Batch, cfg: Config) -> torch.Tensor:
 
 
 def shape_loss(logits: torch.Tensor, failed_logit: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Cross-entropy over the shapes on non-failed rows + BCE of the failed logit on every row."""
+    """Cross-entropy over the shapes on non-failed rows (0 if none) + BCE of the failed logit on every row. The failed
+    rows are ignored, not cut out: no data-dependent shape, so no wait for the GPU."""
     n_shapes = logits.shape[1]
     failed = batch.shape == n_shapes
-    ce = F.cross_entropy(logits[~failed], batch.shape[~failed]) if (~failed).any() else logits.sum() * 0
+    ce = F.cross_entropy(logits, batch.shape.masked_fill(failed, -100), ignore_index=-100)
+    ce = torch.where(failed.all(), logits.sum() * 0, ce)  # all rows failed: the mean over none is NaN
     return ce + F.binary_cross_entropy_with_logits(failed_logit, failed.float())
 
 
@@ -48,17 +49,46 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def descriptor_mask(batch: Batch, rate: float, generator: torch.Generator) -> torch.Tensor:
+def descriptor_mask(batch: Batch, rate: float, generator: torch.Generator,
+                    device_generator: torch.Generator) -> torch.Tensor:
     """Masked-target pretraining: with probability 0.5 hide the product descriptor of ~`rate` of the rows,
-    otherwise hide one random present slot per row."""
+    otherwise hide one random present slot per row. The coin comes from `generator` (on the CPU), the rows' draws from
+    `device_generator` (the batch's device; the same generator on a CPU), so nothing is read back from a GPU."""
     n, slots = batch.present.shape
+    device = batch.present.device
     if torch.rand(1, generator=generator).item() < 0.5:
-        mask = batch.is_product.cpu() & (torch.rand(n, 1, generator=generator) < rate)
+        mask = batch.is_product & (torch.rand(n, 1, generator=device_generator, device=device) < rate)
     else:
-        scores = torch.rand(n, slots, generator=generator).masked_fill(~batch.present.cpu(), -1.0)
-        mask = torch.zeros(n, slots, dtype=torch.bool)
-        mask[torch.arange(n), scores.argmax(1)] = True
-    return mask.to(batch.present.device) & batch.present
+        scores = torch.rand(n, slots, generator=device_generator, device=device).masked_fill(~batch.present, -1.0)
+        mask = F.one_hot(scores.argmax(1), slots).bool()
+    return mask & batch.present
+
+
+class EMA:
+    """Exponential moving average of a model's parameters and buffers: torch's AveragedModel with
+    get_ema_multi_avg_fn(decay) and use_buffers (the same arithmetic: a copy at the first update, then lerp), but its
+    update count lives on the host; AveragedModel keeps it on the device and reads it back, a wait for the GPU at every
+    step. `module` holds the averaged weights."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.module = copy.deepcopy(model)
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        averaged = [*self.module.parameters(), *self.module.buffers()]
+        current = [*model.parameters(), *model.buffers()]
+        if self.updates == 0:
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+        else:
+            floats = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1 - self.decay)
+            for a, c in zip(averaged, current):
+                if not a.is_floating_point():
+                    a.copy_(a * self.decay + c * (1 - self.decay))
+        self.updates += 1
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config, steps_per_epoch: int, epochs: int):
@@ -71,10 +101,14 @@ def make_optimizer(model: torch.nn.Module, cfg: Config, steps_per_epoch: int, ep
     return optimizer, scheduler
 
 
-def train_step(model: torch.nn.Module, ema: AveragedModel, optimizer, scheduler, batch: Batch, cfg: Config,
+def train_step(model: torch.nn.Module, ema: EMA, optimizer, scheduler, batch: Batch, cfg: Config,
                drop: torch.Tensor | None = None) -> torch.Tensor:
-    """One optimisation step and EMA update; returns the loss without reading it back (no host sync on a GPU)."""
-    loss = task_loss(model(batch, drop), batch, cfg)
+    """One optimisation step and EMA update; returns the loss without reading it back: nothing in the step waits for
+    a GPU. With --mixed_precision on a GPU, the forward pass and loss run in bfloat16 autocast (weights, gradients and
+    the optimizer stay float32; bfloat16 needs no loss scaling); a CPU step is plain float32."""
+    device = batch.size_nm.device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision and device.type == "cuda"):
+        loss = task_loss(model(batch, drop), batch, cfg)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -93,8 +127,9 @@ def epoch_order(failed: torch.Tensor, failure_fraction: float, generator: torch.
     return order
 
 
-def run_epochs(model: torch.nn.Module, ema: AveragedModel, data: Batch, cfg: Config, epochs: int,
-               generator: torch.Generator, masked: bool, on_epoch=None, report=None) -> list[float]:
+def run_epochs(model: torch.nn.Module, ema: EMA, data: Batch, cfg: Config, epochs: int,
+               generator: torch.Generator, masked: bool, on_epoch=None, report=None,
+               device_generator: torch.Generator | None = None) -> list[float]:
     """`epochs` passes over `data` in shuffled batches; returns the mean loss per epoch. `report(epoch, loss)` after
     each epoch (progress)."""
     failed = (data.shape == model.shape_head.out_features).cpu()  # the failure class is n_shapes
@@ -107,7 +142,8 @@ def run_epochs(model: torch.nn.Module, ema: AveragedModel, data: Batch, cfg: Con
         epoch_loss = torch.zeros((), device=data.size_nm.device)
         for start in range(0, len(order), cfg.batch_size):
             batch = data.index(order[start:start + cfg.batch_size])
-            drop = descriptor_mask(batch, cfg.pretrain_mask_rate, generator) if masked else None
+            drop = (descriptor_mask(batch, cfg.pretrain_mask_rate, generator, device_generator or generator)
+                    if masked else None)
             epoch_loss += train_step(model, ema, optimizer, scheduler, batch, cfg, drop) * len(batch)
         losses.append(epoch_loss.item() / len(order))
         if report is not None:
@@ -144,10 +180,12 @@ def train_member(make_model, data: Batch, cfg: Config, seed: int, on_epoch=None,
     data = data.to(device)
     losses = []
     if cfg.pretrain_epochs:
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        ema = EMA(model, cfg.ema_decay)
+        device_generator = None if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
         losses += run_epochs(model, ema, data, cfg, cfg.pretrain_epochs, generator, True,
-                             report=report and (lambda epoch, loss: report("pretrain", epoch, loss)))
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+                             report=report and (lambda epoch, loss: report("pretrain", epoch, loss)),
+                             device_generator=device_generator)
+    ema = EMA(model, cfg.ema_decay)
     keep_at = snapshot_epochs(cfg)
     snapshots = []
 

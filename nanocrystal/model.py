@@ -82,7 +82,10 @@ class RecipeModel(nn.Module):
         self.failed_head = nn.Linear(d, 1)
 
     def embed_substances(self, ids: torch.Tensor, drop_descriptor: torch.Tensor | None = None) -> torch.Tensor:
-        unique, inverse = torch.unique(ids, return_inverse=True)
+        if ids.is_cuda:  # every substance: torch.unique's size would be read back from the GPU, a wait per step
+            unique, inverse = torch.arange(len(self.descriptors), device=ids.device), ids
+        else:
+            unique, inverse = torch.unique(ids, return_inverse=True)
         projected = self.descriptor_proj(self.descriptors[unique])
         if self.substance_offset is not None:
             projected = projected + self.substance_offset(unique)
@@ -111,6 +114,31 @@ class RecipeModel(nn.Module):
         }
 
 
+def packed_encoder(encoder: nn.TransformerEncoder, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The pre-norm `encoder` over the real tokens only: (N, L, d) tokens, (N, L) keep (real tokens first in each
+    row, the first one read out) -> (N, d) outputs of each row's first token. The same maths as the encoder with
+    padding masked out, but its linear layers (nearly all of the work) skip the padding slots: a recipe has 5.8
+    substances on average in a batch padded to 11. Only attention sees the padded layout. Dropout draws differ from
+    the padded run's (fewer numbers), so a seeded run with dropout differs from one without packing."""
+    n, length, d = tokens.shape
+    real = keep.reshape(-1).nonzero().squeeze(1)  # positions of the real tokens in the flattened (N * L)
+    first = torch.cumsum(keep.sum(1), 0) - keep.sum(1)  # each row's first token among the real ones
+    attend = keep[:, None, None, :]  # (N, 1, 1, L): which keys a query may attend to
+    x = tokens.reshape(n * length, d)[real]
+    for layer in encoder.layers:
+        attention = layer.self_attn
+        heads = attention.num_heads
+        qkv = nn.functional.linear(layer.norm1(x), attention.in_proj_weight, attention.in_proj_bias)
+        q, k, v = (qkv.new_zeros(n * length, 3 * d).index_copy(0, real, qkv)
+                   .view(n, length, 3, heads, d // heads).permute(2, 0, 3, 1, 4))
+        mixed = nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=attend, dropout_p=attention.dropout if layer.training else 0.0)
+        mixed = mixed.transpose(1, 2).reshape(n * length, d)[real]
+        x = x + layer.dropout1(attention.out_proj(mixed))
+        x = x + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(x))))))
+    return x[first]
+
+
 class RecipeTransformer(RecipeModel):
     """Tokens: [CLS] + one conditions token + one per substance; padding is masked out of attention. The heads read
     the CLS output fused with the conditions embedding."""
@@ -123,18 +151,21 @@ class RecipeTransformer(RecipeModel):
         self.encoder = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.fuse = fusion(cfg)
+        self.pack_tokens = cfg.pack_tokens
 
     def cls_embedding(self, batch: Batch, drop_descriptor: torch.Tensor | None = None) -> torch.Tensor:
         n = batch.substance_ids.shape[0]
         substances = self.substance_tokens(batch, drop_descriptor)
         conditions = self.condition_embed(batch.conditions)
         tokens = torch.cat([self.cls.expand(n, -1, -1), conditions.unsqueeze(1), substances], dim=1)
-        keep = torch.ones(n, 2, dtype=torch.bool, device=tokens.device)
-        padding = ~torch.cat([keep, batch.present], dim=1)
+        keep = torch.cat([torch.ones(n, 2, dtype=torch.bool, device=tokens.device), batch.present], dim=1)
         # sequences this short run ~15% faster through the plain attention kernel than the fused ones on CPU
         with sdpa_kernel(SDPBackend.MATH) if tokens.device.type == "cpu" else nullcontext():
-            hidden = self.encoder(tokens, src_key_padding_mask=padding)
-        return self.fuse(torch.cat([self.norm(hidden[:, 0]), conditions], dim=1))
+            if self.pack_tokens and tokens.device.type == "cpu":
+                cls = packed_encoder(self.encoder, tokens, keep)
+            else:
+                cls = self.encoder(tokens, src_key_padding_mask=~keep)[:, 0]
+        return self.fuse(torch.cat([self.norm(cls), conditions], dim=1))
 
 
 class RecipeMLP(RecipeModel):

@@ -1,0 +1,118 @@
+"""The training step's speed-ups keep its maths: token packing, the host-side EMA, the sync-free losses."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from nanocrystal.config import resolve
+from nanocrystal.encode import encode, fit_encoder
+from nanocrystal.engine import EMA, descriptor_mask, make_optimizer, shape_loss, train_step
+from nanocrystal.runs import fold_data, make_model_factory
+from nanocrystal.splits import paper_folds
+
+
+@pytest.fixture(scope="module")
+def rows(table, descriptors):
+    """200 training rows of fold 0 (recipes with 3 to 11 substances), encoded, and their encoder."""
+    cfg = resolve("tiny")
+    data = fold_data(cfg, table, paper_folds(table, 5, 0)[0], 11)
+    encoder = fit_encoder(data.train, descriptors, "log", True, False)
+    batch = encode(data.train, encoder, data.train_weak)
+    return encoder, batch.index(torch.arange(200))
+
+
+def two_models(rows, descriptors, **fields):
+    """The same weights, without and with pack_tokens."""
+    encoder, _ = rows
+    cfg = resolve("tiny", {"d_model": 32, "depth": 2, "n_heads": 4, "d_ffn": 48, **fields})
+    torch.manual_seed(0)
+    padded = make_model_factory(cfg, encoder, descriptors, 11)()
+    packed = make_model_factory(replace(cfg, pack_tokens=True), encoder, descriptors, 11)()
+    packed.load_state_dict(padded.state_dict())
+    return padded, packed
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_packed_tokens_give_the_padded_models_outputs_and_gradients(rows, descriptors, mode):
+    _, batch = rows
+    assert batch.present.sum(1).min() < batch.present.shape[1]  # rows with padding slots: packing skips them
+    padded, packed = two_models(rows, descriptors)
+    outputs = []
+    for model in (padded, packed):
+        model.train(mode == "train")
+        out = model(batch)
+        (out["size"].square().mean() + out["shape"].logsumexp(1).mean()).backward()
+        outputs.append(out)
+    for key in ("size", "shape", "failed"):
+        torch.testing.assert_close(outputs[0][key], outputs[1][key], rtol=1e-5, atol=1e-5)
+    for (name, a), b in zip(padded.named_parameters(), packed.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+    # a row's output does not depend on the other rows of its batch (no padding leaks in)
+    alone = packed(batch.index(torch.arange(3)))["size"]
+    torch.testing.assert_close(alone, outputs[1]["size"][:3], rtol=1e-5, atol=1e-5)
+
+
+def test_the_host_side_ema_is_torchs_averaged_model_to_the_bit(rows, descriptors):
+    _, batch = rows
+    cfg = resolve("tiny")
+    model, _ = two_models(rows, descriptors)
+    ours = EMA(model, 0.9)
+    torchs = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    optimizer, scheduler = make_optimizer(model, cfg, 1, 10)
+    for _ in range(4):
+        train_step(model, ours, optimizer, scheduler, batch, cfg)
+        torchs.update_parameters(model)
+    for (name, a), b in zip(ours.module.state_dict().items(), torchs.module.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(ours.module.size_head.weight, model.size_head.weight)  # an average, not a copy
+
+
+def test_mixed_precision_is_for_a_gpu_only(rows, descriptors):
+    """On a CPU, --mixed_precision (on by default) leaves the step in float32: the same weights after a step."""
+    _, batch = rows
+    weights = []
+    for mixed in (True, False):
+        cfg = resolve("tiny", {"mixed_precision": mixed})
+        model, _ = two_models(rows, descriptors)
+        optimizer, scheduler = make_optimizer(model, cfg, 1, 10)
+        train_step(model, EMA(model, 0.9), optimizer, scheduler, batch, cfg)
+        weights.append(model.size_head.weight.detach().clone())
+    assert torch.equal(*weights)
+
+
+def test_the_shape_loss_with_only_failed_rows_is_their_failed_logit_loss():
+    logits = torch.randn(4, 11, requires_grad=True)
+    batch = type("Rows", (), {"shape": torch.full((4,), 11)})()
+    loss = shape_loss(logits, torch.zeros(4), batch)
+    loss.backward()
+    assert loss.item() == pytest.approx(torch.log(torch.tensor(2.0)).item())  # BCE of logit 0 against "failed"
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_the_pretraining_mask_hides_present_slots_only(rows):
+    _, batch = rows
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        mask = descriptor_mask(batch, 0.5, generator, generator)
+        assert not (mask & ~batch.present).any()
+        product_only = bool((mask & ~batch.is_product).sum() == 0)
+        assert product_only or bool((mask.sum(1) == 1).all())  # the product of some rows, or one slot per row
+
+
+def test_the_throughput_bench_times_ours_beside_upstreams_architecture():
+    import subprocess
+    import sys
+
+    from nanocrystal.config import ROOT
+
+    done = subprocess.run([sys.executable, "bench/throughput.py", "--preset", "tiny", "--steps", "1", "--rounds", "2",
+                           "--batch_size", "32", "--upstream", "--threads", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "upstream: 15 per row, all computed" in lines[1]
+    assert any("batch 32: upstream" in line for line in lines)
+    assert any(line.strip().startswith("batch 32: ours / upstream =") for line in lines)
