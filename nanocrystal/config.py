@@ -96,6 +96,9 @@ class Config:
     workers: int = 1  # folds trained in parallel processes
     device: str = "auto"  # auto | cpu | cuda
     mixed_precision: bool = True  # on a GPU only: the forward pass in bfloat16 autocast (engine.train_step)
+    backend: str = "local"  # local (this process, or --workers processes) | ray (a Ray task per fold; backend.py)
+    ray_address: str = ""  # --backend ray: a running cluster's address (empty: a Ray started for the command)
+    job_gpus: float = 0.0  # --backend ray: the share of a GPU each fold's task requests (0.2: five folds on one)
 
     # output
     save_path: str = ""  # default runs/<exp>-<timestamp>
@@ -252,6 +255,8 @@ _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "calibration_folds": ((lambda v: v == 0 or v >= 2), "0 (no calibration) or >= 2"),
     "eval_every": _at_least(0), "threads": _at_least(0), "workers": _at_least(1),
     "device": ((lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:")), "auto, cpu, cuda or cuda:N"),
+    "backend": _one_of("local", "ray"),
+    "job_gpus": _at_least(0),
 }
 
 

@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
@@ -65,7 +65,7 @@ def default_run_dir(cfg: Config) -> Path:
 def results_config(cfg: Config) -> dict:
     """The fields that decide a run's results (not where it is saved or how many processes ran it)."""
     values = json.loads(cfg.to_json())
-    for name in ("save_path", "resume", "workers", "threads", "device"):
+    for name in ("save_path", "resume", "workers", "threads", "device", "backend", "ray_address", "job_gpus"):
         values.pop(name)
     return values
 
@@ -583,6 +583,27 @@ def run_fold(cfg: Config, run_dir: Path, outer: Fold) -> None:
                 + f" ({record['wall_s']:.0f} s)")
 
 
+def fold_files(cfg: Config, outer: Fold) -> dict[str, bytes]:
+    """`run_fold` in a temporary folder, for a worker that may not share the run folder's disk (a Ray task): the
+    files it wrote there (fold<k>.json, fold<k>.pt, log.txt), for the driver to save with `save_fold_files`."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="nanocrystal-fold-") as folder:
+        run_fold(cfg, Path(folder), outer)
+        close_logger(make_logger(Path(folder)))
+        return {path.name: path.read_bytes() for path in Path(folder).iterdir() if path.is_file()}
+
+
+def save_fold_files(run_dir: Path, outer: Fold, files: dict[str, bytes]) -> None:
+    """Write a fold's files from `fold_files` into the run folder as `run_fold` would have: its log lines appended to
+    log.txt, the checkpoint, then fold<k>.json last (a fold is done, for --resume, once its record exists)."""
+    with open(run_dir / "log.txt", "ab") as log:
+        log.write(files.get("log.txt", b""))
+    for name in (f"{outer.name}.pt", f"{outer.name}.json"):
+        if name in files:
+            write_atomic(run_dir / name, lambda temp, name=name: Path(temp).write_bytes(files[name]))
+
+
 def quiet_worker() -> None:
     """A fold worker: Ctrl-C (sent to every process of the terminal) is the main process's to report, once; the
     main process's terminate() ends it through its `finally` blocks, so no temp file stays behind."""
@@ -599,7 +620,9 @@ def chosen_folds(cfg: Config, table: pd.DataFrame) -> list[Fold]:
     return [f for f in folds if not cfg.folds or f.index in cfg.folds]
 
 
-def run_experiment(cfg: Config, command: str = "") -> Path:
+def run_experiment(cfg: Config, command: str = "", on_fold: Callable[[dict], None] | None = None) -> Path:
+    """Train and score every pending fold of `cfg` on its backend, then write metrics.json; `on_fold(record)` after
+    each fold is saved, with its fold<k>.json (a sweep's progress report)."""
     start = time.time()
     try:  # every setting checked before a run folder exists: a typo leaves nothing behind
         if cfg.model not in NEURAL_MODELS + TREE_MODELS:
@@ -608,6 +631,10 @@ def run_experiment(cfg: Config, command: str = "") -> Path:
         store = load_descriptors(cfg.feats_path)
         table = combined_table(dataset)
         folds = chosen_folds(cfg, table)
+        if cfg.backend == "ray":
+            from .backend import import_ray
+
+            import_ray()  # a missing Ray is said before a run folder exists
     except ValueError as error:
         raise RunError(str(error)) from error
     run_dir, lock = open_run_dir(cfg)
@@ -621,18 +648,34 @@ def run_experiment(cfg: Config, command: str = "") -> Path:
         for done in folds:
             if done not in pending:
                 logger.info(f"{done.name}: done earlier, kept (resume)")
-        if cfg.workers > 1 and len(pending) > 1:
+
+        def saved(fold: Fold) -> None:
+            if on_fold is not None:
+                on_fold(json.loads((run_dir / f"{fold.name}.json").read_text()))
+
+        if cfg.backend == "ray":
+            from .backend import ray_map
+
+            by_name = {fold.name: fold for fold in pending}
+
+            def save(name: str, files: dict[str, bytes]) -> None:
+                save_fold_files(run_dir, by_name[name], files)
+                saved(by_name[name])
+            ray_map(cfg, [(fold.name, fold_files, (cfg, fold)) for fold in pending], save)
+        elif cfg.workers > 1 and len(pending) > 1:
             # small models use one core badly; whole folds in parallel processes use them well
             context = multiprocessing.get_context("spawn")
             # leaving the block (done, failed or Ctrl-C) terminates the workers: none trains on unwatched
             with context.Pool(min(cfg.workers, len(pending)), initializer=quiet_worker) as pool:
-                for result in [pool.apply_async(run_fold, (cfg, run_dir, fold)) for fold in pending]:
+                for fold, result in [(fold, pool.apply_async(run_fold, (cfg, run_dir, fold))) for fold in pending]:
                     result.get()
+                    saved(fold)
                 pool.close()  # done: the workers exit on their own (terminate() would interrupt their clean-up)
                 pool.join()
         else:
             for fold in pending:
                 run_fold(cfg, run_dir, fold)
+                saved(fold)
         finish_run(cfg, run_dir, folds, logger, command, time.time() - start)
     finally:
         close_logger(logger)

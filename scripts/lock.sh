@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates requirements.txt, the lock: a clean resolve of pyproject.toml's dependencies (and the test extra) in a
-# fresh virtualenv, frozen to exact versions. Run it after changing a dependency in pyproject.toml, then commit both.
+# Regenerates requirements.txt, the lock: a clean resolve of pyproject.toml's dependencies (and the test and ray
+# extras) in a fresh virtualenv, frozen to exact versions. Run it after changing a dependency in pyproject.toml, then commit both.
 # torch is installed first, as the pinned CPU build (`pip install torch==2.13.0` takes the local +cpu wheel), so that
 # the resolve never pulls a CUDA build.
 set -euo pipefail
@@ -11,7 +11,7 @@ python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 torch_pin=$(grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 "$venv/bin/python" -m pip install --quiet "$torch_pin"
-"$venv/bin/python" -m pip install --quiet ".[test]"
+"$venv/bin/python" -m pip install --quiet ".[test,ray]"
 case "$("$venv/bin/python" -m pip show torch | sed -n 's/^Version: //p')" in
   *+cpu) ;;
   *) echo "error: the resolve installed a torch that is not the CPU build" >&2; exit 1 ;;

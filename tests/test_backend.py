@@ -1,0 +1,89 @@
+"""--backend ray: the same folds, seeds and files as the local backend; failures named by their fold; Ray imported
+only when asked for. The Ray tests start a local Ray of 2 CPUs for this module (about 10-20 s)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+
+from nanocrystal.backend import BackendError, import_ray, ray_map
+from nanocrystal.config import ROOT, Config, resolve
+from nanocrystal.runs import run_experiment
+
+
+@pytest.fixture(scope="module")
+def ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, address="local", include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def test_a_ray_run_resumes_with_the_local_runs_numbers(size_run, tmp_path, ray):
+    """The local tiny run with its fold1 removed, finished with --backend ray --resume: fold0 is kept as it was, fold1
+    is trained on a Ray worker and gives the local run's metrics, predictions, calibration and weights exactly."""
+    copy = tmp_path / "run"
+    shutil.copytree(size_run, copy)
+    for name in ("fold1.json", "fold1.pt", "metrics.json", "oof_predictions.csv"):
+        (copy / name).unlink()
+    kept = (copy / "fold0.json").read_bytes()
+    cfg = replace(Config.load(size_run / "config.json"), backend="ray", workers=2, save_path=str(copy), resume=True)
+    run_experiment(cfg)
+    assert (copy / "fold0.json").read_bytes() == kept
+    local, remote = (json.loads((run / "fold1.json").read_text()) for run in (size_run, copy))
+    for key in ("metrics", "predictions", "calibration", "stages"):
+        assert remote[key] == local[key], key
+    local_weights, remote_weights = (torch.load(run / "fold1.pt", weights_only=True) for run in (size_run, copy))
+    for a, b in zip(local_weights["members"], remote_weights["members"]):
+        assert all(torch.equal(a[name], b[name]) for name in a)
+    pd.testing.assert_frame_equal(pd.read_csv(copy / "oof_predictions.csv"), pd.read_csv(size_run / "oof_predictions.csv"))
+    log = (copy / "log.txt").read_text()
+    assert "fold0: done earlier, kept (resume)" in log and "fold1: 2285 training rows" in log  # the worker's lines
+    assert not list(copy.glob(".*.part"))
+
+
+def test_failed_jobs_are_reported_by_name_after_the_others_are_saved(ray):
+    saved = {}
+    jobs = [("good", Config.from_dict, ({"epochs": 2},)), ("bad input", Config.from_dict, ({"epochs": -1},)),
+            ("bug", int, ("x",))]
+    with pytest.raises(RuntimeError) as raised:
+        ray_map(resolve("tiny"), jobs, saved.__setitem__)
+    assert list(saved) == ["good"] and saved["good"].epochs == 2
+    lines = str(raised.value).splitlines()
+    assert lines[0] == "bad input: --epochs: must be >= 1, got -1"
+    assert lines[1].startswith("bug: failed on a Ray worker:") and "invalid literal for int()" in lines[1]
+    with pytest.raises(BackendError, match="^only bad: --epochs"):  # bad input alone: one line, no traceback
+        ray_map(resolve("tiny"), [("only bad", Config.from_dict, ({"epochs": 0},))], saved.__setitem__)
+
+
+def test_a_worker_that_dies_is_retried_then_reported(ray):
+    with pytest.raises(BackendError, match="^crash: its Ray worker died 3 times"):
+        ray_map(resolve("tiny"), [("crash", os._exit, (1,))], lambda *_: None)
+
+
+def test_ray_is_imported_only_for_the_ray_backend(tmp_path):
+    """With Ray made unimportable, --backend ray is one line and exit 2 before a run folder exists, and the local
+    backend trains as usual (it never imports Ray)."""
+    code = ("import sys; sys.modules['ray'] = None\n"  # as if Ray were not installed: importing it fails
+            "from nanocrystal.cli import train_main\n"
+            "args = ['--preset', 'tiny', '--n_folds', '2', '--folds', '0', '--epochs', '1', '--calibration_folds', '0']\n"
+            f"assert train_main(args + ['--backend', 'ray', '--save_path', {str(tmp_path / 'ray')!r}]) == 2\n"
+            f"sys.exit(train_main(args + ['--save_path', {str(tmp_path / 'local')!r}]))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == "--backend ray needs Ray: pip install 'nanocrystal[ray]' (or pip install 'ray[tune]')"
+    assert not (tmp_path / "ray").exists() and (tmp_path / "local" / "metrics.json").is_file()
+
+
+def test_import_ray_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(BackendError, match=r"nanocrystal\[ray\]"):
+        import_ray()
+
