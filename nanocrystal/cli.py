@@ -1,5 +1,5 @@
-"""`python -m nanocrystal <command>` (or `nanocrystal <command>`): fetch, validate, convert, train, report, predict,
-design, app."""
+"""`python -m nanocrystal <command>` (or `nanocrystal <command>`): fetch, validate, convert, train, tune, report,
+predict, design, app."""
 from __future__ import annotations
 
 import argparse
@@ -272,6 +272,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train_main(args.args)
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .sweep import main
+
+    return main(args.args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nanocrystal", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -286,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(`nanocrystal train --help` lists the flags)", add_help=False, prefix_chars="\0")
     train.add_argument("args", nargs=argparse.REMAINDER)
     train.set_defaults(handler=cmd_train)
+
+    tune = commands.add_parser("tune", help="search Config fields on Ray Tune, every trial scored on inner validation "
+                               "with early stopping (`nanocrystal tune --help`; train.py's flags set the rest)",
+                               add_help=False, prefix_chars="\0")
+    tune.add_argument("args", nargs=argparse.REMAINDER)
+    tune.set_defaults(handler=cmd_tune)
 
     validate = commands.add_parser("validate", help="check a recipe CSV and print a summary, or every error")
     validate.add_argument("file")

@@ -87,3 +87,37 @@ def test_import_ray_names_the_extra(monkeypatch):
     with pytest.raises(BackendError, match=r"nanocrystal\[ray\]"):
         import_ray()
 
+
+def test_a_sweep_scores_on_inner_validation_only(capsys):
+    """tune's base config: train.py's flags, with --inner_val_frac 0.2 when not given (a sweep never scores the outer
+    held-out folds); a bad searched field or value, or a --save_path, is refused before Ray starts."""
+    from nanocrystal.cli import main
+    from nanocrystal.sweep import SPACES, parse
+
+    args, cfg = parse(["--preset", "tiny", "--n_folds", "3"])
+    assert cfg.inner_val_frac == 0.2 and cfg.n_folds == 3 and args.values == SPACES["size_blend"]
+    args, cfg = parse(["--search", "lr=0.001,0.004", "blend_models=lgbm+et,et", "--inner_val_frac", "0.3"])
+    assert cfg.inner_val_frac == 0.3 and args.values == {"lr": [0.001, 0.004], "blend_models": ["lgbm+et", "et"]}
+    for argv, message in ((["--search", "depth=0,1"], "--depth: must be >= 1, got 0"),
+                          (["--search", "wings=2"], "--wings: unknown key"),
+                          (["--save_path", "runs/x"], "a sweep writes its trials under --out")):
+        assert main(["tune", *argv]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_a_trial_reports_its_running_inner_score_after_each_fold(tmp_path, monkeypatch):
+    """A trial's report after fold k is the mean inner score of its first k folds, read from the run folder it
+    writes (each fold's record says scored_on inner)."""
+    tune = pytest.importorskip("ray.tune")
+    from nanocrystal.sweep import parse, trial
+
+    reports = []
+    monkeypatch.setattr(tune, "report", reports.append)
+    monkeypatch.setattr(tune, "get_context", lambda: type("Context", (), {"get_trial_id": lambda self: "t0"})())
+    _, cfg = parse(["--preset", "tiny", "--n_folds", "2", "--epochs", "1", "--calibration_folds", "0"])
+    trial({"lr": 0.004}, json.loads(cfg.to_json()), str(tmp_path))
+    run = tmp_path / "trials" / "t0"
+    records = [json.loads((run / f"fold{k}.json").read_text()) for k in (0, 1)]
+    assert [r["scored_on"] for r in records] == ["inner", "inner"] and Config.load(run / "config.json").lr == 0.004
+    maes = [r["metrics"]["mae"] for r in records]
+    assert reports == [{"mae": maes[0], "folds": 1}, {"mae": pytest.approx((maes[0] + maes[1]) / 2), "folds": 2}]
