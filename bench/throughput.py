@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nanocrystal.config import Config, resolve  # noqa: E402
 from nanocrystal.descriptors import load_descriptors  # noqa: E402
 from nanocrystal.encode import Batch, encode, fit_encoder  # noqa: E402
-from nanocrystal.engine import EMA, make_optimizer, resolve_device, train_step  # noqa: E402
+from nanocrystal.engine import EMA, for_training, make_optimizer, resolve_device, train_step  # noqa: E402
 from nanocrystal.model import MAX_REAGENTS  # noqa: E402
 from nanocrystal.recipes import load_dataset  # noqa: E402
 from nanocrystal.runs import fold_data, make_model_factory  # noqa: E402
@@ -125,23 +125,29 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     params = sum(p.numel() for p in model.parameters())
 
+    trained = for_training(model, cfg)
+
     def ours(batch_size: int) -> None:  # the training loop's own step
         index = torch.randint(0, len(batch_all), (batch_size,), generator=generator).to(device)
-        train_step(model, ema, optimizer, scheduler, batch_all.index(index), cfg)
+        train_step(trained, ema, optimizer, scheduler, batch_all.index(index), cfg)
 
     models = {"ours": ours}
     if args.upstream:
         models["upstream"], upstream_params = upstream_step(cfg, rows, device, generator)
     real = 2 + rows.present.sum(1).float().mean().item()
     print(f"preset {args.preset}: d={cfg.d_model} depth={cfg.depth} heads={cfg.n_heads} ffn={cfg.d_ffn} "
-          f"params={params:,} device={device} threads={args.threads} pack_tokens={cfg.pack_tokens}")
+          f"params={params:,} device={device} threads={args.threads} pack_tokens={cfg.pack_tokens} "
+          f"compile_model={cfg.compile_model}")
     print(f"  ours: tokens per row {2 + rows.present.shape[1]} padded, {real:.2f} real on average (CLS, conditions, "
           "substances)" + (f"; upstream: {UPSTREAM_SLOTS + 1} per row, all computed (CLS + {UPSTREAM_SLOTS} slots), "
                            f"params={upstream_params:,}" if args.upstream else ""))
     for batch_size in [b or cfg.batch_size for b in args.batch_size]:
-        for step in models.values():  # warm-up: first-call allocations
+        for name, step in models.items():  # warm-up: first-call allocations (and --set compile_model=true's compile)
+            warm_start = time.perf_counter()
             for _ in range(2):
                 step(batch_size)
+            if name == "ours" and cfg.compile_model:
+                print(f"  batch {batch_size}: warm-up with the compile {time.perf_counter() - warm_start:.0f} s")
         timings: dict[str, list[float]] = {name: [] for name in models}
         for _ in range(args.rounds):
             for name, step in models.items():

@@ -96,6 +96,7 @@ class Config:
     workers: int = 1  # folds trained in parallel processes
     device: str = "auto"  # auto | cpu | cuda
     mixed_precision: bool = True  # on a GPU only: the forward pass in bfloat16 autocast (engine.train_step)
+    compile_model: bool = False  # torch.compile the training forward (engine.for_training; minutes to compile)
     backend: str = "local"  # local (this process, or --workers processes) | ray (a Ray task per fold; backend.py)
     ray_address: str = ""  # --backend ray: a running cluster's address (empty: a Ray started for the command)
     job_gpus: float = 0.0  # --backend ray: the share of a GPU each fold's task requests (0.2: five folds on one)

@@ -169,6 +169,12 @@ def resolve_device(cfg: Config) -> torch.device:
     return torch.device(cfg.device)
 
 
+def for_training(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
+    """The module the steps call: with --compile_model, torch.compile of `model` (dynamic shapes: a batch's token
+    count varies), sharing its weights; the EMA and the snapshots keep the plain module."""
+    return torch.compile(model, dynamic=True) if cfg.compile_model else model
+
+
 def train_member(make_model, data: Batch, cfg: Config, seed: int, on_epoch=None, report=None) -> tuple[list, list]:
     """Train one model (optional masked pretraining, then finetuning from its weights); return copies of its EMA
     weights at the snapshot epochs, and the loss per epoch. `report(stage, epoch, loss)` after each epoch of each
@@ -177,12 +183,13 @@ def train_member(make_model, data: Batch, cfg: Config, seed: int, on_epoch=None,
     generator = torch.Generator().manual_seed(seed)
     device = resolve_device(cfg)
     model = make_model().to(device)
+    trained = for_training(model, cfg)
     data = data.to(device)
     losses = []
     if cfg.pretrain_epochs:
         ema = EMA(model, cfg.ema_decay)
         device_generator = None if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
-        losses += run_epochs(model, ema, data, cfg, cfg.pretrain_epochs, generator, True,
+        losses += run_epochs(trained, ema, data, cfg, cfg.pretrain_epochs, generator, True,
                              report=report and (lambda epoch, loss: report("pretrain", epoch, loss)),
                              device_generator=device_generator)
     ema = EMA(model, cfg.ema_decay)
@@ -195,7 +202,7 @@ def train_member(make_model, data: Batch, cfg: Config, seed: int, on_epoch=None,
         if on_epoch is not None:
             on_epoch(epoch, averaged)
 
-    losses += run_epochs(model, ema, data, cfg, cfg.epochs, generator, False, after_epoch,
+    losses += run_epochs(trained, ema, data, cfg, cfg.epochs, generator, False, after_epoch,
                          report and (lambda epoch, loss: report("train", epoch, loss)))
     return snapshots, losses
 
