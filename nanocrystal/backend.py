@@ -33,6 +33,15 @@ def import_ray():
     return ray
 
 
+def check(cfg: Config) -> None:
+    """What --backend ray needs, said before anything starts: Ray installed, and a GPU share for a GPU run (Ray hides
+    the GPUs from a task that requests none)."""
+    import_ray()
+    if cfg.device.startswith("cuda") and not cfg.job_gpus:
+        raise BackendError(f"--device {cfg.device} with --backend ray needs --job_gpus (e.g. 0.2: five folds share "
+                           "one GPU; 1: a GPU each)")
+
+
 @contextlib.contextmanager
 def ray_session(cfg: Config) -> Iterator[Any]:
     """Ray for the length of a command: the cluster at --ray_address, or a Ray of --workers x --threads CPUs on this
@@ -53,6 +62,9 @@ def ray_session(cfg: Config) -> Iterator[Any]:
     except ConnectionError as error:
         raise BackendError(f"--ray_address {cfg.ray_address}: no Ray cluster answers there ({error})") from None
     try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if not cfg.ray_address and cfg.job_gpus > gpus:  # a task would wait for a GPU this machine does not have
+            raise BackendError(f"--job_gpus {cfg.job_gpus:g}: this machine's Ray has {gpus:g} GPUs")
         yield ray
     finally:
         ray.shutdown()

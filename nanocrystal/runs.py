@@ -632,9 +632,9 @@ def run_experiment(cfg: Config, command: str = "", on_fold: Callable[[dict], Non
         table = combined_table(dataset)
         folds = chosen_folds(cfg, table)
         if cfg.backend == "ray":
-            from .backend import import_ray
+            from .backend import check
 
-            import_ray()  # a missing Ray is said before a run folder exists
+            check(cfg)  # a missing Ray is said before a run folder exists
     except ValueError as error:
         raise RunError(str(error)) from error
     run_dir, lock = open_run_dir(cfg)

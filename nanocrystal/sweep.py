@@ -123,9 +123,9 @@ def search_space(specs: list[str]) -> dict[str, list]:
 
 def main(argv: list[str]) -> int:
     args, cfg = parse(argv)
-    from .backend import import_ray, ray_session, resources
+    from .backend import check, ray_session, resources
 
-    import_ray()
+    check(cfg)
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch

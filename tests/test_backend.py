@@ -121,3 +121,14 @@ def test_a_trial_reports_its_running_inner_score_after_each_fold(tmp_path, monke
     assert [r["scored_on"] for r in records] == ["inner", "inner"] and Config.load(run / "config.json").lr == 0.004
     maes = [r["metrics"]["mae"] for r in records]
     assert reports == [{"mae": maes[0], "folds": 1}, {"mae": pytest.approx((maes[0] + maes[1]) / 2), "folds": 2}]
+
+
+def test_a_gpu_run_on_ray_must_ask_for_a_gpu_share():
+    pytest.importorskip("ray")
+    from nanocrystal.backend import check, resources
+
+    with pytest.raises(BackendError, match="--device cuda with --backend ray needs --job_gpus"):
+        check(resolve("tiny", {"device": "cuda", "backend": "ray"}))
+    cfg = resolve("tiny", {"device": "cuda", "backend": "ray", "job_gpus": 0.2, "threads": 3})
+    check(cfg)
+    assert resources(cfg) == {"num_cpus": 3, "num_gpus": 0.2}
