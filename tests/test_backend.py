@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import replace
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 from nanocrystal.backend import BackendError, import_ray, ray_map
-from nanocrystal.config import ROOT, Config, resolve
+from nanocrystal.config import Config, resolve
 from nanocrystal.runs import run_experiment
 
 
@@ -68,18 +67,19 @@ def test_a_worker_that_dies_is_retried_then_reported(ray):
         ray_map(resolve("tiny"), [("crash", os._exit, (1,))], lambda *_: None)
 
 
-def test_ray_is_imported_only_for_the_ray_backend(tmp_path):
+def test_ray_is_imported_only_for_the_ray_backend(tmp_path, monkeypatch, capsys):
     """With Ray made unimportable, --backend ray is one line and exit 2 before a run folder exists, and the local
     backend trains as usual (it never imports Ray)."""
-    code = ("import sys; sys.modules['ray'] = None\n"  # as if Ray were not installed: importing it fails
-            "from nanocrystal.cli import train_main\n"
-            "args = ['--preset', 'tiny', '--n_folds', '2', '--folds', '0', '--epochs', '1', '--calibration_folds', '0']\n"
-            f"assert train_main(args + ['--backend', 'ray', '--save_path', {str(tmp_path / 'ray')!r}]) == 2\n"
-            f"sys.exit(train_main(args + ['--save_path', {str(tmp_path / 'local')!r}]))\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert done.stderr.strip() == "--backend ray needs Ray: pip install 'nanocrystal[ray]' (or pip install 'ray[tune]')"
-    assert not (tmp_path / "ray").exists() and (tmp_path / "local" / "metrics.json").is_file()
+    from nanocrystal.cli import train_main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed: importing it fails
+    args = ["--preset", "tiny", "--n_folds", "2", "--folds", "0", "--epochs", "1", "--calibration_folds", "0"]
+    assert train_main(args + ["--backend", "ray", "--save_path", str(tmp_path / "ray")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "--backend ray needs Ray: pip install 'nanocrystal[ray]' (or pip install 'ray[tune]')")
+    assert not (tmp_path / "ray").exists()
+    assert train_main(args + ["--save_path", str(tmp_path / "local")]) == 0
+    assert (tmp_path / "local" / "metrics.json").is_file()
 
 
 def test_import_ray_names_the_extra(monkeypatch):

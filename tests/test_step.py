@@ -102,17 +102,19 @@ def test_the_pretraining_mask_hides_present_slots_only(rows):
         assert product_only or bool((mask.sum(1) == 1).all())  # the product of some rows, or one slot per row
 
 
-def test_the_throughput_bench_times_ours_beside_upstreams_architecture():
-    import subprocess
-    import sys
+def test_the_throughput_bench_times_ours_beside_upstreams_architecture(monkeypatch, capsys):
+    import runpy
 
     from nanocrystal.config import ROOT
 
-    done = subprocess.run([sys.executable, "bench/throughput.py", "--preset", "tiny", "--steps", "1", "--rounds", "2",
-                           "--batch_size", "32", "--upstream", "--threads", "1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    monkeypatch.setattr("sys.argv", ["throughput.py", "--preset", "tiny", "--steps", "1", "--rounds", "2",
+                                     "--batch_size", "32", "--upstream", "--threads", "1"])
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(str(ROOT / "bench" / "throughput.py"), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+    lines = capsys.readouterr().out.splitlines()
     assert "upstream: 15 per row, all computed" in lines[1]
-    assert any("batch 32: upstream" in line for line in lines)
+    assert any("batch 32: upstream" in line and "rounds: " in line for line in lines)
     assert any(line.strip().startswith("batch 32: ours / upstream =") for line in lines)
