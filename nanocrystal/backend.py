@@ -8,6 +8,7 @@ the caller as it arrives, so that a finished job is saved even when another one 
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,12 @@ def check(cfg: Config) -> None:
     if cfg.device.startswith("cuda") and not cfg.job_gpus:
         raise BackendError(f"--device {cfg.device} with --backend ray needs --job_gpus (e.g. 0.2: five folds share "
                            "one GPU; 1: a GPU each)")
+    host, _, port = cfg.ray_address.removeprefix("ray://").rpartition(":")
+    if host and port.isdigit():  # Ray itself would retry an address where nothing listens for minutes
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except OSError as error:
+            raise BackendError(f"--ray_address {cfg.ray_address}: no Ray cluster answers there ({error})") from None
 
 
 @contextlib.contextmanager

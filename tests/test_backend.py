@@ -132,3 +132,13 @@ def test_a_gpu_run_on_ray_must_ask_for_a_gpu_share():
     cfg = resolve("tiny", {"device": "cuda", "backend": "ray", "job_gpus": 0.2, "threads": 3})
     check(cfg)
     assert resources(cfg) == {"num_cpus": 3, "num_gpus": 0.2}
+
+
+def test_an_address_where_no_cluster_answers_is_refused_before_the_run(tmp_path, capsys):
+    pytest.importorskip("ray")
+    from nanocrystal.cli import train_main
+
+    assert train_main(["--preset", "tiny", "--backend", "ray", "--ray_address", "127.0.0.1:1", "--save_path",
+                       str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.startswith("--ray_address 127.0.0.1:1: no Ray cluster answers there (")
+    assert not (tmp_path / "run").exists()
