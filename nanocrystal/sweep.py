@@ -104,21 +104,29 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Config]:
     if cfg.save_path or cfg.resume:
         raise SweepError("--save_path and --resume name one run; a sweep writes its trials under --out")
     args.values = search_space(args.search) if args.search else SPACES[args.space]
-    for values in [dict(zip(args.values, choice)) for choice in zip(*args.values.values())]:
-        trial_config(json.loads(cfg.to_json()), values, Path("x"))  # a bad field or value stops here, before Ray
+    for name, values in args.values.items():  # a bad field or value stops here, before Ray starts
+        for value in values:
+            trial_config(json.loads(cfg.to_json()), {name: value}, Path("x"))
     return args, cfg
 
 
 def search_space(specs: list[str]) -> dict[str, list]:
-    """--search FIELD=V1,V2 ... -> {field: [values]}; each value read as JSON (a number, true, false) or as text."""
+    """--search FIELD=V1,V2 ... -> {field: [values]}; each value read as JSON (a number, true, false) or else as
+    text (lgbm+et)."""
     space = {}
     for spec in specs:
         name, _, values = spec.partition("=")
         if not name or not values:
             raise SweepError(f"--search {spec!r}: expected FIELD=V1,V2,...")
-        space[name] = [json.loads(v) if v.strip() and v.strip()[0] in "-0123456789tfn[" else v
-                       for v in values.split(",")]
+        space[name] = [json_or_text(value) for value in values.split(",")]
     return space
+
+
+def json_or_text(value: str):
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 def main(argv: list[str]) -> int:

@@ -98,7 +98,7 @@ def test_a_sweep_scores_on_inner_validation_only(capsys):
     assert cfg.inner_val_frac == 0.2 and cfg.n_folds == 3 and args.values == SPACES["size_blend"]
     args, cfg = parse(["--search", "lr=0.001,0.004", "blend_models=lgbm+et,et", "--inner_val_frac", "0.3"])
     assert cfg.inner_val_frac == 0.3 and args.values == {"lr": [0.001, 0.004], "blend_models": ["lgbm+et", "et"]}
-    for argv, message in ((["--search", "depth=0,1"], "--depth: must be >= 1, got 0"),
+    for argv, message in ((["--search", "lr=0.001,0.002,0.004", "depth=1,0"], "--depth: must be >= 1, got 0"),
                           (["--search", "wings=2"], "--wings: unknown key"),
                           (["--save_path", "runs/x"], "a sweep writes its trials under --out")):
         assert main(["tune", *argv]) == 2
