@@ -159,7 +159,8 @@ def test_unknown_substance_exits_2_naming_it(size_run, tmp_path, capsys):
     recipes.to_csv(path, index=False)
     assert main(["predict", "--size-run", str(size_run), str(path)]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"{path}:4:B2: substance 'Unobtainium' has no descriptor (--allow-unknown uses zeros)"]
+        f"{path}:4:B2: substance 'Unobtainium' has no descriptor (give its formula or SMILES with --substances FILE, "
+        "or --allow-unknown uses zeros)"]
     out = tmp_path / "pred.csv"
     assert main(["predict", "--size-run", str(size_run), str(path), "--allow-unknown", "--out", str(out)]) == 0
     written = pd.read_csv(out, keep_default_na=False)
