@@ -438,12 +438,12 @@ class Predictor:
         described = described[described["name"].isin(names)]
         if described.empty:
             return self
+        if self.size.shifts is None and self.size_calibration is not None:  # kept on the loaded run: once per run
+            self.size.shifts = load_shifts(self.size)
         size, shape = (None if run is None else
                        extend_run(run, new_substance_vectors(run.cfg.descriptors, run.cfg.feats_path,
                                                              described["name"].tolist(), described))
                        for run in (self.size, self.shape))
-        if size.shifts is None and self.size_calibration is not None:
-            size.shifts = load_shifts(size)
         return replace(self, size=size, shape=shape, imputed=self.imputed | frozenset(described["name"]))
 
 
