@@ -1,7 +1,8 @@
 """Substances as vectors: the descriptor providers behind one lookup, and imputation into the table's space.
 
 A run records its providers in `Config.descriptors`; `run_store` turns that into the `DescriptorStore` that encode
-(the transformer's tokens), features (the trees) and predict read, so none of them picks a provider of its own:
+(the transformer's tokens) and features (the trees) read in training, and predict reads the same vectors (the table,
+or the computed vectors each fold checkpoint keeps), so none of them picks a provider of its own:
 
     table        the upstream Uni-Mol table (feats/*.pkl, 512 values per name); the default
     composition  element fractions and element-property statistics of a formula (pymatgen-core)
@@ -69,12 +70,11 @@ def is_table(spec: str) -> bool:
     return parse_providers(spec) == (TABLE,)
 
 
-def run_store(descriptors: str, feats_path: str | Path, extra: pd.DataFrame | None = None) -> DescriptorStore:
-    """The store of a run's providers: the table, or the computed vectors of every substance of substances.csv
-    (and of `extra`, which wins for a name in both)."""
+def run_store(descriptors: str, feats_path: str | Path) -> DescriptorStore:
+    """The store of a run's providers: the table, or the computed vectors of every substance of substances.csv."""
     if is_table(descriptors):
         return load_descriptors(feats_path)
-    substances = merged_substances(extra)
+    substances = package_substances()
     return DescriptorStore(dict(zip(substances["name"], provider_vectors(descriptors, substances))))
 
 
@@ -146,14 +146,12 @@ def molecule(smiles: str):
 
 def element_fractions(formula: str) -> dict[int, float] | None:
     """Atomic number -> mole fraction of a formula (pymatgen), or None if it is none."""
-    from pymatgen.core import Composition
+    from pymatgen.core import Composition, Element
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             amounts = Composition(formula).fractional_composition.get_el_amt_dict()
-            from pymatgen.core import Element
-
             fractions = {Element(symbol).Z: float(amount) for symbol, amount in amounts.items()}
     except Exception:  # pymatgen raises ValueError, KeyError or its own errors for what is no formula
         return None
