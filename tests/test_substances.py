@@ -132,6 +132,21 @@ def test_predict_a_reagent_given_by_smiles(size_run, descriptors, tmp_path, caps
     assert (size_run / predict_module.SHIFTS_FILE).is_file()  # measured on training rows once, then cached
 
 
+def test_design_searches_a_template_with_a_new_substance(size_run, tmp_path, capsys, quick_shifts):
+    template = pd.read_csv(ROOT / "examples" / "template_pbse.csv", dtype=str, keep_default_na=False)
+    column = next(c for c in NAME_COLUMNS if c in template and template.loc[0, c] == "OLA")
+    template.loc[0, column] = NEW_LIGAND[0]
+    template_path, substances = tmp_path / "template.csv", _recipes_with_new_ligand(tmp_path)[1]
+    template.to_csv(template_path, index=False)
+    out = tmp_path / "design.csv"
+    args = ["design", "--size-run", str(size_run), "--template", str(template_path), "--target-size", "6",
+            "--vary", "Time=1:30", "--trials", "32", "--top", "2", "--out", str(out)]
+    assert main(args) == 2 and "substance 'PEA' has no descriptor" in capsys.readouterr().err
+    assert main([*args, "--substances", str(substances)]) == 0
+    written = pd.read_csv(out, keep_default_na=False)
+    assert (written["imputed"] == "PEA").all() and (written["size_lo"] < written["size_hi"]).all()
+
+
 def test_a_new_substance_widens_the_interval_by_its_shift(size_run, tmp_path, quick_shifts):
     predictor = load_predictor(size_run)
     recipes = read_recipes(_recipes_with_new_ligand(tmp_path)[0], predictor.shapes)
@@ -206,7 +221,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from unimol_tools.models import UniMolModel
-from nanocrystal.substances import UNIMOL_WEIGHTS, provider_vectors, unimol_vectors
+from nanocrystal.substances import UNIMOL_WEIGHTS, provider_vectors
 import pandas as pd
 
 folder = Path(sys.argv[1])
@@ -218,12 +233,11 @@ torch.manual_seed(0)
 model = UniMolModel(output_dim=1, data_type="molecule", remove_hs=False, pretrained_model_path=str(weights),
                     pretrained_dict_path=str(folder / UNIMOL_WEIGHTS[1]))
 torch.save({"model": model.state_dict()}, weights)  # the molecule architecture, random weights
-smiles = ["CCCCCCCC/C=C\\\\CCCCCCCCN", "CCO", "[Cu+2].CC(=O)[O-].CC(=O)[O-]"]
-first = unimol_vectors(smiles)
-substances = pd.DataFrame({"name": ["Se", "EtOH"], "kind": "", "full_name": "", "formula": ["Se", ""],
-                           "smiles": ["", "CCO"]})
-both = provider_vectors("rdkit+unimol", substances)  # a second UniMolRepr: ethanol again
-np.savez(folder / "out.npz", first=first, both=both)
+substances = pd.DataFrame({"name": ["OLA", "EtOH", "Cu(OAc)2", "Se"], "kind": "", "full_name": "",
+                           "formula": ["", "", "", "Se"],
+                           "smiles": ["CCCCCCCC/C=C\\\\CCCCCCCCN", "CCO", "[Cu+2].CC(=O)[O-].CC(=O)[O-]", ""]})
+both = provider_vectors("rdkit+unimol", substances)  # UniMolRepr on the three SMILES; Se has none
+np.savez(folder / "out.npz", both=both)
 """
 
 
@@ -245,9 +259,9 @@ def test_unimol_vectors_come_from_the_real_unimol_repr(unimol_path, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     with np.load(tmp_path / "out.npz") as out:
-        first, both = out["first"], out["both"]
-    assert first.shape == (3, 512) and np.isfinite(first).all()
-    assert not np.allclose(first[0], first[1]) and not np.allclose(first[1], first[2])
-    assert both.shape == (2, RDKIT_WIDTH + 512)
-    assert not both[0].any()  # Se has no SMILES: both blocks empty
-    np.testing.assert_allclose(both[1, RDKIT_WIDTH:], first[1], rtol=1e-4, atol=1e-5)  # the same molecule, vector
+        both = out["both"]
+    unimol = both[:, RDKIT_WIDTH:]
+    assert both.shape == (4, RDKIT_WIDTH + 512) and np.isfinite(both).all()
+    assert not np.allclose(unimol[0], unimol[1]) and not np.allclose(unimol[1], unimol[2])  # one vector per molecule
+    assert (np.abs(unimol[:3]).sum(axis=1) > 0).all()
+    assert not both[3].any()  # Se has no SMILES: both blocks empty
