@@ -448,6 +448,8 @@ def summary(frame: pd.DataFrame, leading: list[str] = ()) -> str:
     view = view.round({c: 3 for c in view.columns if c.startswith(PROB_PREFIX)})
     for column in ("size_nm", "size_lo", "size_hi", "size_std"):
         view[column] = frame[column].round(2)
+    if "seen_series" in frame:
+        view["seen_series"] = frame["seen_series"]
     if "p_within" in frame:
         view["p_within"] = frame["p_within"].round(3)
     if "shape" in frame:
@@ -471,8 +473,9 @@ def legend(frame: pd.DataFrame, confidence: float) -> str:
         return ("size_lo/size_hi: none, the size run has no calibration (trained with --calibration_folds 0); "
                 "size_std: spread of the ensemble's models, not an interval")
     sets = f"; shape_set: the shapes a {confidence:.0%} prediction set keeps" if "shape_set" in frame else ""
-    return (f"size_lo..size_hi: the {confidence:.0%} conformal interval of the size{sets}; size_std: spread of the "
-            "ensemble's models, not an interval")
+    return (f"size_lo..size_hi: the {confidence:.0%} conformal interval of the size (wider for a recipe whose series "
+            f"has no training recipe: seen_series false){sets}; size_std: spread of the ensemble's models, not an "
+            "interval")
 
 
 # ---- what the app shows beside a prediction ---------------------------------------------------------------------------

@@ -7,7 +7,8 @@
 # them, leave-one-product-out over Au, Pd, PbS and InP; docs/lopo.md): mean MAE 3.10 nm against
 # 3.29-3.31 for LightGBM or extra trees without the product, 3.23 for extra trees with it, 3.91 for the transformer
 # (3.95 pretrained) and 3.35 or more for the transformer beside the trees. Prints MAE, MAPE, R² per product beside
-# the paper's pretrain-finetune MAE.
+# the paper's pretrain-finetune MAE, and the coverage and mean width of each product's 90 % intervals (calibrated on
+# inner folds that leave out whole training products: docs/uncertainty.md).
 #
 # Time: about 2 min on the 2-core machine once set up. Results: docs/lopo.md.
 #
