@@ -42,7 +42,7 @@ from .recipes import (AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, LABEL_COLUM
                       PRODUCT_NAME, SHAPES_FILE, UNKNOWN, RecipeError, load_dataset, load_shapes, read_csv_raw,
                       read_frame)
 from .runs import NEURAL_MODELS, CheckpointError, blend, load_fold_models, neural_spread
-from .splits import combined_table, make_folds, task_rows
+from .splits import combined_table, run_folds, task_rows
 from .uncertainty import FoldCalibration, ShapeCalibration, SizeCalibration, set_labels
 
 if TYPE_CHECKING:  # LightGBM is imported only when a run has a blend (runs.load_fold_models)
@@ -138,7 +138,7 @@ class Run:
 
 def training_positions(cfg: Config, table: pd.DataFrame) -> dict[str, np.ndarray]:
     """Each fold's training rows of the run's task, in the combined table (outer folds, no augmentation)."""
-    folds = make_folds(table, cfg.split, cfg.n_folds, cfg.seed, cfg.object_name)
+    folds = run_folds(cfg, table)
     return {f.name: task_rows(table, f.train, cfg.task, cfg.use_weak, cfg.use_large, cfg.use_failures) for f in folds}
 
 
