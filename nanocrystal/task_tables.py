@@ -7,6 +7,8 @@
                                                      # then each run's labelled val-selected figure (--eval_every)
     python -m nanocrystal.task_tables lopo RUN       # a leave-one-product-out size run, one row per product, with
                                                      # its intervals' coverage and width
+    python -m nanocrystal.task_tables seeds RUN...   # runs of one config on several split seeds: each seed's scores,
+                                                     # their mean and standard deviation
     python -m nanocrystal.task_tables shots RUN0 RUNk... [--plot PNG]
                                                      # few-shot: leave-one-product-out runs with --shots k (RUN0:
                                                      # k = 0), MAE per product and k, against k = 0 on the same rows
@@ -37,6 +39,18 @@ def product_table(run: Run) -> pd.DataFrame:
          for fold in run.metrics["per_fold"]]).set_index("product")
     table.insert(table.columns.get_loc("paper_mae") + 1, "mae_minus_paper", table["mae"] - table["paper_mae"])
     return table
+
+
+def seeds_table(runs: list[Run]) -> pd.DataFrame:
+    """One row per run (its split seed) with its fold-mean scores, then the mean and the standard deviation (ddof 1)
+    over the seeds. The runs must differ in the seed only."""
+    def comparable(run: Run) -> dict:
+        return {k: v for k, v in run.config.items() if k not in ("seed", "save_path", "resume", "workers", "threads")}
+    if any(comparable(run) != comparable(runs[0]) for run in runs):
+        raise ReportError("seeds needs runs of one config that differ in --seed only")
+    table = pd.DataFrame([{"seed": run.metrics["seed"], **run.metrics["mean"]} for run in runs]).set_index("seed")
+    table.index = table.index.astype(str)
+    return pd.concat([table, table.agg(["mean", "std"])])
 
 
 def shots_table(runs: list[Run]) -> pd.DataFrame:
@@ -112,7 +126,7 @@ def val_selected_line(run: Run) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nanocrystal.task_tables", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", choices=["summary", "shape", "lopo", "shots"])
+    parser.add_argument("table", choices=["summary", "shape", "lopo", "seeds", "shots"])
     parser.add_argument("runs", nargs="+", metavar="RUN")
     parser.add_argument("--plot", default=None, help="shots: also draw the learning curve into this PNG")
     args = parser.parse_args(argv)
@@ -126,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             for run in runs:
                 if "val_selected" in run.metrics:  # --eval_every: upstream's kind of figure, beside the paper's
                     print(val_selected_line(run))
+        elif args.table == "seeds":
+            print(seeds_table(runs).to_string(float_format=lambda x: f"{x:.4f}"))
         elif args.table == "shots":
             table = shots_table(runs)
             print(table.to_string(float_format=lambda x: f"{x:.4f}", na_rep="-"))

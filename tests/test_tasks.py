@@ -20,7 +20,7 @@ from nanocrystal.recipes import has_size
 from nanocrystal.runs import fold_data, run_experiment, score, val_selected
 from nanocrystal.splits import paper_folds, product_folds, run_folds
 from nanocrystal.report import ReportError, load_run
-from nanocrystal.task_tables import main, product_table, shots_table
+from nanocrystal.task_tables import main, product_table, seeds_table, shots_table
 
 PRODUCTS = ["PbSe", "Ag2S", "Ni", "Cs2NaBiCl6"]
 N_SHAPES = 11
@@ -269,3 +269,20 @@ def test_shots_table_compares_each_k_with_zero_shot_on_the_same_recipes(tmp_path
     assert (tmp_path / "curve.png").stat().st_size > 1000
     with pytest.raises(ReportError, match="exactly one of them without --shots"):
         shots_table([load_run(one)])
+
+
+def test_seeds_table_gives_each_seed_and_their_mean_and_spread(tmp_path):
+    def run(seed: int, mae: float, extra: dict | None = None) -> Path:
+        path = tmp_path / f"seed{seed}{'x' if extra else ''}"
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps({"seed": seed, "task": "size", **(extra or {})}))
+        (path / "metrics.json").write_text(json.dumps({"task": "size", "model": "transformer", "split": "paper",
+                                                       "seed": seed, "mean": {"mae": mae, "r2": 0.7},
+                                                       "per_fold": []}))
+        return path
+
+    table = seeds_table([load_run(run(0, 1.4)), load_run(run(1, 1.5)), load_run(run(2, 1.6))])
+    assert table.index.tolist() == ["0", "1", "2", "mean", "std"]
+    assert table.loc["mean", "mae"] == pytest.approx(1.5) and table.loc["std", "mae"] == pytest.approx(0.1)
+    with pytest.raises(ReportError, match="differ in --seed only"):
+        seeds_table([load_run(tmp_path / "seed0"), load_run(run(3, 1.4, {"epochs": 3}))])
