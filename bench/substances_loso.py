@@ -37,7 +37,7 @@ from nanocrystal.descriptors import load_descriptors  # noqa: E402
 from nanocrystal.predict import (NEW_SUFFIX, Predictor, extend_run, fold_outputs, load_run, load_shifts,  # noqa: E402
                                  training_positions)
 from nanocrystal.recipes import NAME_COLUMNS, SHAPES_FILE, load_dataset, load_shapes  # noqa: E402
-from nanocrystal.splits import combined_table, make_folds  # noqa: E402
+from nanocrystal.splits import combined_table, run_folds  # noqa: E402
 from nanocrystal.substances import (IMPUTATION_PROVIDERS, fit_imputer, package_substances,  # noqa: E402
                                     provider_vectors, rename_substance)
 
@@ -64,7 +64,7 @@ def main() -> None:
     run.shifts = load_shifts(run)
     dataset = load_dataset(run.cfg.data_dir)
     table = combined_table(dataset)
-    folds = {f.name: f for f in make_folds(table, run.cfg.split, run.cfg.n_folds, run.cfg.seed, run.cfg.object_name)}
+    folds = {f.name: f for f in run_folds(run.cfg, table)}
     assert set(training_positions(run.cfg, table)) >= {f.name for f in run.folds}
     store = load_descriptors(run.cfg.feats_path)
     described = package_substances()

@@ -165,7 +165,7 @@ def app_runs(args: argparse.Namespace) -> tuple[dict, list[str]]:
     from .predict import PredictError, newest_run, run_config
 
     runs, problems = {"size": args.size_run, "shape": args.shape_run}, []
-    made_by = {"size": ("size", "bash scripts/best_size.sh", "about 13 min"),
+    made_by = {"size": ("size", "bash scripts/best_size.sh", "about 19 min"),
                "shape": ("recipe-only shape", "bash scripts/best_cls.sh", "its <P>-recipe run; about 15 min")}
     for task in ("size", "shape") if args.size_run is None and args.shape_run is None else ():
         runs[task] = newest_run(args.runs, task)

@@ -43,7 +43,7 @@ from .recipes import (AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, LABEL_COLUM
                       PRODUCT_NAME, SHAPES_FILE, UNKNOWN, RecipeError, load_dataset, load_shapes, read_csv_raw,
                       read_frame)
 from .runs import NEURAL_MODELS, CheckpointError, blend, load_fold_models, neural_spread
-from .splits import combined_table, make_folds, task_rows
+from .splits import combined_table, run_folds, task_rows
 from .substances import is_table, merged_substances, new_substance_vectors, rename_substance
 from .uncertainty import FoldCalibration, ShapeCalibration, SizeCalibration, set_labels, shift_quantile
 
@@ -144,7 +144,7 @@ class Run:
 
 def training_positions(cfg: Config, table: pd.DataFrame) -> dict[str, np.ndarray]:
     """Each fold's training rows of the run's task, in the combined table (outer folds, no augmentation)."""
-    folds = make_folds(table, cfg.split, cfg.n_folds, cfg.seed, cfg.object_name)
+    folds = run_folds(cfg, table)
     return {f.name: task_rows(table, f.train, cfg.task, cfg.use_weak, cfg.use_large, cfg.use_failures) for f in folds}
 
 
@@ -569,6 +569,8 @@ def summary(frame: pd.DataFrame, leading: list[str] = ()) -> str:
     view = view.round({c: 3 for c in view.columns if c.startswith(PROB_PREFIX)})
     for column in ("size_nm", "size_lo", "size_hi", "size_std"):
         view[column] = frame[column].round(2)
+    if "seen_series" in frame:
+        view["seen_series"] = frame["seen_series"]
     if "p_within" in frame:
         view["p_within"] = frame["p_within"].round(3)
     if "shape" in frame:
@@ -592,8 +594,9 @@ def legend(frame: pd.DataFrame, confidence: float) -> str:
         return ("size_lo/size_hi: none, the size run has no calibration (trained with --calibration_folds 0); "
                 "size_std: spread of the ensemble's models, not an interval")
     sets = f"; shape_set: the shapes a {confidence:.0%} prediction set keeps" if "shape_set" in frame else ""
-    return (f"size_lo..size_hi: the {confidence:.0%} conformal interval of the size{sets}; size_std: spread of the "
-            "ensemble's models, not an interval")
+    return (f"size_lo..size_hi: the {confidence:.0%} conformal interval of the size (wider for a recipe whose series "
+            f"has no training recipe: seen_series false){sets}; size_std: spread of the ensemble's models, not an "
+            "interval")
 
 
 # ---- what the app shows beside a prediction ---------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from .metrics import SHAPE_METRICS, SIZE_METRICS, mean_metrics, shape_metrics, s
 from .model import MODELS
 from .progress import Progress
 from .recipes import is_solid, load_dataset
-from .splits import Fold, combined_table, inner_groups, inner_pool, make_folds, task_rows
+from .splits import Fold, combined_table, inner_groups, inner_pool, run_folds, task_rows
 from .substances import is_table, run_store
 from .uncertainty import (CATEGORY_NAMES, NEW, SEEN, FoldCalibration, ShapeCalibration, SizeCalibration, coverage,
                           difficulty_features, set_labels)
@@ -453,7 +453,7 @@ def oof_embeddings(run_dir: Path, table: pd.DataFrame,
     neither members nor folds can be averaged or mixed."""
     cfg = Config.load(run_dir / "config.json")
     values, shapes, names = [], [], []
-    for fold in make_folds(table, cfg.split, cfg.n_folds, cfg.seed, cfg.object_name):
+    for fold in run_folds(cfg, table):
         if (run_dir / f"{fold.name}.pt").is_file():
             saved = load_fold_models(run_dir / f"{fold.name}.pt", store)
             valid = table.iloc[fold.valid]
@@ -597,7 +597,7 @@ def quiet_worker() -> None:
 
 def chosen_folds(cfg: Config, table: pd.DataFrame) -> list[Fold]:
     """The folds this run scores (all, or those of --folds); ValueError for an unknown split, product or index."""
-    folds = make_folds(table, cfg.split, cfg.n_folds, cfg.seed, cfg.object_name)
+    folds = run_folds(cfg, table)
     unknown = sorted(set(cfg.folds) - {f.index for f in folds})
     if unknown:
         raise ValueError(f"--folds {' '.join(map(str, unknown))}: no such fold (0..{len(folds) - 1})")
