@@ -21,15 +21,9 @@ source scripts/setup.sh
 # product join its training rows (3 draws per product, nested over K) and its other recipes are scored; no intervals
 # for these runs (--calibration_folds 0, the curve is about the error); the table and assets/few_shot.png compare each
 # K with the zero-shot run on the same recipes.
-shots=()
-args=()
-while [ $# -gt 0 ]; do
-  if [ "$1" = "--shots" ]; then
-    shift
-    while [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; do shots+=("$1"); shift; done
-  else args+=("$1"); shift; fi
-done
-source scripts/take_save_path.sh "runs/size-lopo-$(date +%Y%m%d-%H%M%S)" ${args[@]+"${args[@]}"}
+source scripts/take_numbers.sh --shots "$@"
+shots=(${numbers[@]+"${numbers[@]}"})
+source scripts/take_save_path.sh "runs/size-lopo-$(date +%Y%m%d-%H%M%S)" ${rest[@]+"${rest[@]}"}
 lopo=(--task size --preset cpu --model lgbm --use_product --object_name PbSe Ag2S Ni Cs2NaBiCl6)
 bash scripts/run_task.sh size-lopo "${lopo[@]}" -- ${user[@]+"${user[@]}"} --save_path "$save"
 "$PY" -m nanocrystal.task_tables lopo "$save"

@@ -10,14 +10,8 @@ name=$1; shift
 args=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do args+=("$1"); shift; done
 [ $# -gt 0 ] && shift
-seeds=()
-rest=()
-while [ $# -gt 0 ]; do
-  if [ "$1" = "--seeds" ]; then
-    shift
-    while [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; do seeds+=("$1"); shift; done
-  else rest+=("$1"); shift; fi
-done
+source scripts/take_numbers.sh --seeds "$@"
+seeds=(${numbers[@]+"${numbers[@]}"})
 # a --save_path of the user's replaces the default (and is passed once)
 source scripts/take_save_path.sh "runs/${name}-$(date +%Y%m%d-%H%M%S)" ${rest[@]+"${rest[@]}"}
 start=$(date +%s)
