@@ -26,7 +26,7 @@ from nanocrystal.config import resolve  # noqa: E402
 from nanocrystal.descriptors import load_descriptors  # noqa: E402
 from nanocrystal.recipes import load_dataset  # noqa: E402
 from nanocrystal.runs import fold_data  # noqa: E402
-from nanocrystal.splits import combined_table, make_folds  # noqa: E402
+from nanocrystal.splits import combined_table, run_folds  # noqa: E402
 
 WEAK_WEIGHT = 0.3
 AUGMENTED_WEIGHTS = (0.0, 0.03, 0.1, 0.3)
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     store = load_descriptors(cfg.feats_path)
     print(f"{'product':12s} {'rows':>5s} {'augmented':>9s} " + " ".join(f"{f'w={w}':>8s}" for w in AUGMENTED_WEIGHTS))
     maes = []
-    for fold in make_folds(table, cfg.split, cfg.n_folds, cfg.seed, cfg.object_name):
+    for fold in run_folds(cfg, table):
         data = fold_data(cfg, table, fold, dataset.n_shapes)
         own = ~data.train_augmented
         features = featurizer(cfg, store).fit(data.train[own])

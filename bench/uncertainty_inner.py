@@ -29,7 +29,7 @@ from nanocrystal.config import Config  # noqa: E402
 from nanocrystal.descriptors import load_descriptors  # noqa: E402
 from nanocrystal.recipes import load_dataset  # noqa: E402
 from nanocrystal.runs import calibration_rows, fold_data, inner_tree_model  # noqa: E402
-from nanocrystal.splits import combined_table, make_folds  # noqa: E402
+from nanocrystal.splits import combined_table, run_folds  # noqa: E402
 from nanocrystal.uncertainty import SizeCalibration, difficulty_features  # noqa: E402
 
 CONFIDENCE = 0.9
@@ -50,7 +50,7 @@ def make_rows(run: Path, calibration_folds: int) -> pd.DataFrame:
     store = load_descriptors(cfg.feats_path)
     table = combined_table(dataset)
     parts = []
-    for fold in make_folds(table, cfg.split, cfg.n_folds, cfg.seed, cfg.object_name):
+    for fold in run_folds(cfg, table):
         if not (run / f"{fold.name}.json").is_file():  # a --folds run: its folds only
             continue
         start = time.time()

@@ -13,7 +13,7 @@ import re
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from nanocrystal.predict import (DEFAULT_CONFIDENCE, FIELD_LABELS, FORM_SOURCE, 
                                  recipe_table, shape_column, training_recipes)
 from nanocrystal.recipes import (AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, NAME_COLUMNS, PRODUCT_NAME,
                                  TEMPERATURE_COLUMNS, RecipeError)
+from nanocrystal.substances import SUBSTANCE_COLUMNS, SubstanceError, read_substances
 
 EXAMPLE = ROOT / "examples" / "template_pbse.csv"
 UNITS = {"Temperature1": "°C", "Temperature2": "°C", "Speed": "°C/min", "Time": "min"}
@@ -118,6 +119,27 @@ def unknown_messages(predictor: Predictor, table: pd.DataFrame, rows: list[str])
     """One line per substance (or product) without a descriptor; rows: how to name each recipe."""
     return [f"{rows[u.position]}{FIELD_LABELS[u.column]}: no descriptor for {u.name!r}, so the models cannot read "
             f"it; pick a name from the list (type to search)" for u in predictor.unknown(table).itertuples()]
+
+
+def new_substances(key: str) -> pd.DataFrame | None:
+    """Substances the models lack, given by formula or SMILES in a small table (read as predict's --substances
+    file; problems shown inline). None when the table is empty or has a problem."""
+    with st.expander("New substances: a formula or SMILES for a name the models lack (vectors imputed, interval "
+                     "widened)"):
+        edited = st.data_editor(pd.DataFrame({c: pd.Series(dtype=str) for c in SUBSTANCE_COLUMNS}), key=key,
+                                num_rows="dynamic", hide_index=True)
+    edited = edited.fillna("").astype(str)
+    edited = edited[(edited != "").any(axis=1)]
+    if edited.empty:
+        return None
+    with tempfile.TemporaryDirectory() as folder:  # read_substances reads a path; messages name the table
+        path = Path(folder) / "new substances"
+        edited.to_csv(path, index=False)
+        try:
+            return read_substances(path)
+        except SubstanceError as error:
+            show_problems([p.replace(str(path), "new substances") for p in error.problems])
+            return None
 
 
 def show_problems(problems: list[str]) -> None:
@@ -257,6 +279,9 @@ def predict_page(models: Models) -> None:
             table = recipe_form("predict", models)
             allow = st.checkbox("Predict unknown substances as zeros (the result is then out of domain)",
                                 key="predict-allow-unknown")
+            extra = new_substances("predict-new-substances")
+        if table is not None:  # the form's substances the models lack that substances.csv or the table above give
+            models = replace(models, predictor=models.predictor.with_substances(table, extra))
         if table is not None and known_or_message(models, table, allow):
             prediction = predict_recipes(models.predictor, Recipes(table, table.index.to_numpy() + 1, FORM_SOURCE),
                                          allow_unknown=True)
@@ -272,6 +297,7 @@ def predict_file(models: Models) -> None:
                 "xlsx layout (`python -m nanocrystal convert`); labels are not needed.")
     upload = st.file_uploader("Recipe file", type=["csv", "xlsx"], key="predict-file")
     allow = st.checkbox("Predict unknown substances as zeros", key="predict-file-allow-unknown")
+    extra = new_substances("predict-file-new-substances")
     if upload is None:
         return
     with tempfile.TemporaryDirectory() as folder:  # read_recipes reads a path; messages name the upload
@@ -283,6 +309,7 @@ def predict_file(models: Models) -> None:
             show_problems([p.replace(str(path), upload.name) for p in error.problems])
             return
     rows = [f"row {line}, " for line in recipes.lines]
+    models = replace(models, predictor=models.predictor.with_substances(recipes.table, extra))
     messages = unknown_messages(models.predictor, recipes.table, rows)
     if messages and not allow:
         show_problems(messages)

@@ -439,6 +439,10 @@ class TreeBlend:
     def predict(self, table: pd.DataFrame) -> np.ndarray:
         return np.mean([model.predict(table) for model in self.models], axis=0)
 
+    def with_substances(self, vectors: dict[str, np.ndarray]) -> "TreeBlend":
+        """The same models, their features also describing `vectors`' substances (predict's new substances)."""
+        return TreeBlend([replace(m, features=m.features.with_substances(vectors)) for m in self.models])
+
     def log_spread(self, table: pd.DataFrame) -> np.ndarray:
         """Size: the mean over the models of the spread (standard deviation) of their members' log(size)."""
         return member_spread([model.log_members(table) for model in self.models])

@@ -100,11 +100,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from .files import save_csvs
     from .predict import legend, load_predictor, predict_recipes, read_recipes, summary
+    from .substances import read_substances
 
     torch.set_num_threads(1)  # small batches: one thread is fastest on a shared CPU
     predictor = load_predictor(args.size_run, args.shape_run)
+    substances = read_substances(args.substances) if args.substances else None
     table = predict_recipes(predictor, read_recipes(args.recipes, predictor.shapes), args.allow_unknown,
-                            args.confidence)
+                            args.confidence, substances)
     if args.out:
         save_csvs([(table, Path(args.out))], args.force)
     print(summary(table))
@@ -122,11 +124,14 @@ def cmd_design(args: argparse.Namespace) -> int:
     from .design import design, parse_vary
     from .files import save_csvs
     from .predict import check_known, legend, load_predictor, read_recipes, shape_column, summary
+    from .substances import read_substances
 
     start = time.time()
     torch.set_num_threads(1)  # small batches: one thread is fastest on a shared CPU
     predictor = load_predictor(args.size_run, args.shape_run)
     template = read_recipes(args.template, predictor.shapes)
+    substances = read_substances(args.substances) if args.substances else None
+    predictor = predictor.with_substances(template.table, substances)
     check_known(predictor, template)
     ranges = parse_vary(args.vary, template.table.iloc[0])
     result = design(predictor, template.table, args.target_size, ranges, args.target_shape, args.top, args.trials,
@@ -160,7 +165,7 @@ def app_runs(args: argparse.Namespace) -> tuple[dict, list[str]]:
     from .predict import PredictError, newest_run, run_config
 
     runs, problems = {"size": args.size_run, "shape": args.shape_run}, []
-    made_by = {"size": ("size", "bash scripts/best_size.sh", "about 13 min"),
+    made_by = {"size": ("size", "bash scripts/best_size.sh", "about 19 min"),
                "shape": ("recipe-only shape", "bash scripts/best_cls.sh", "its <P>-recipe run; about 15 min")}
     for task in ("size", "shape") if args.size_run is None and args.shape_run is None else ():
         runs[task] = newest_run(args.runs, task)
@@ -325,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--allow-unknown", action="store_true",
                          help="substances without a descriptor count as zeros (warning column) instead of an error")
     predict.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    predict.add_argument("--substances", default=None, metavar="FILE",
+                         help="CSV of substances the runs lack (columns name, kind, formula, smiles, as "
+                              "nanocrystal/substances.csv): their vectors are imputed or computed, the interval widened")
     predict.add_argument("--confidence", type=finite_number, default=0.9,
                          help="of the size interval (size_lo, size_hi) and the shape set (default 0.9)")
     predict.set_defaults(handler=cmd_predict)
@@ -346,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="of each candidate's size interval (default 0.9)")
     design.add_argument("--out", default=None, help="CSV to write: model columns + predictions")
     design.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    design.add_argument("--substances", default=None, metavar="FILE",
+                        help="CSV of substances the runs lack (columns name, kind, formula, smiles, as "
+                             "nanocrystal/substances.csv): their vectors are imputed or computed, the interval widened")
     design.set_defaults(handler=cmd_design)
 
     app = commands.add_parser("app", help="serve the web app (predict, explore, design, data) on localhost")

@@ -16,6 +16,21 @@ TASKS = ("size", "shape")
 SPLITS = ("paper", "grouped")
 TREE_MODELS = ("dt", "rf", "et", "hgb", "lgbm")  # baselines.py; the neural ones are model.MODELS
 BLEND_MODELS = ("lgbm", "et", "rf")  # tree models whose fitted form saves as text or tensors (baselines.fit_blend)
+TABLE = "table"  # descriptor providers (substances.py): the upstream Uni-Mol table, or computed ones joined with +
+COMPUTED_PROVIDERS = ("composition", "rdkit", "unimol")
+
+
+def parse_providers(spec: str) -> tuple[str, ...]:
+    """`composition+rdkit` -> ('composition', 'rdkit'); ValueError naming --descriptors for a bad or mixed spec."""
+    providers = tuple(p.strip() for p in spec.split("+"))
+    if any(p not in (TABLE, *COMPUTED_PROVIDERS) for p in providers) or len(set(providers)) < len(providers):
+        raise ValueError(f"--descriptors {spec!r}: choose table, or one or more of {', '.join(COMPUTED_PROVIDERS)} "
+                         "joined with + (e.g. composition+rdkit), each once")
+    if TABLE in providers and len(providers) > 1:
+        raise ValueError(f"--descriptors {spec!r}: the table's Uni-Mol vectors cannot be mixed with computed "
+                         "providers (they come from a model unimol-tools no longer ships, so no computed block shares "
+                         f"their space); use table alone, or {'+'.join(p for p in providers if p != TABLE)}")
+    return providers
 
 
 class ConfigError(InputError, ValueError):
@@ -34,6 +49,8 @@ class Config:
     preset: str = ""  # set by resolve(): cpu | paper | tiny (tests); empty = the plain defaults below
     split: str = "paper"  # paper | grouped (ignored when object_name is set)
     object_name: list[str] = field(default_factory=list)  # leave-one-product-out products
+    shots: int = 0  # few-shot: this many recipes of the held-out product join its training rows (with object_name)
+    shot_draws: int = 3  # random draws of those recipes per product (one fold each)
     seed: int = 0  # split seed (0 = the published split)
     n_folds: int = 5
     folds: list[int] = field(default_factory=list)  # run only these folds (empty = all)
@@ -41,6 +58,7 @@ class Config:
     # data
     data_dir: str = str(ROOT / "data")
     feats_path: str = str(ROOT / "feats" / "unioml_feats_20240309_1x_ours_1x_mof.pkl")
+    descriptors: str = TABLE  # table | composition, rdkit, unimol joined with + (substances.py); never mixed
     augmented: str = ""  # folder written by augment.py; empty = no augmentation
     trust_augmented: bool = False  # augmented rows as solid rows instead of weak ones
     use_weak: bool = True  # train on weak (Num < 300) rows
@@ -118,6 +136,11 @@ class Config:
         if self.lgbm_seeds < 1 or self.lgbm_huber_delta < 0:
             raise ValueError(f"--lgbm_seeds must be >= 1 and --lgbm_huber_delta >= 0, got {self.lgbm_seeds} and "
                              f"{self.lgbm_huber_delta}")
+        if parse_providers(self.descriptors) != (TABLE,) and self.augmented:
+            raise ValueError(f"--augmented needs --descriptors table: reaction intermediates (A@B) have vectors only "
+                             f"in the table, not with {self.descriptors}")
+        if self.shots and (not self.object_name or self.augmented):
+            raise ValueError("--shots needs --object_name (leave-one-product-out) and takes no --augmented rows")
         if not 0 < self.failure_fraction <= 1:
             raise ValueError(f"--failure_fraction must be in (0, 1], got {self.failure_fraction}")
         if self.correction_scale <= 0 or self.correction_shrink < 0:
@@ -235,6 +258,7 @@ _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "preset": _one_of("", *PRESETS),
     "seed": _at_least(0),  # numpy's seeds are not negative
     "n_folds": _at_least(2),
+    "shots": _at_least(0), "shot_draws": _at_least(1),
     "folds": ((lambda v: all(i >= 0 for i in v)), "fold indices >= 0"),
     "amount_scaling": _one_of("log", "robust"),
     "descriptor_pca": _at_least(1),

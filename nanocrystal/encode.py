@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,10 @@ class Encoder:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def with_substances(self, names: list[str]) -> "Encoder":
+        """The same encoder with `names` appended to the vocabulary (see RecipeModel.add_substances)."""
+        return replace(self, vocabulary=[*self.vocabulary, *names])
 
     @classmethod
     def from_dict(cls, values: dict) -> "Encoder":

@@ -8,6 +8,7 @@ zero vectors and are counted in `missing_`.
 """
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from typing import Optional
 
@@ -154,6 +155,12 @@ class RecipeFeaturizer:
         parts.append((amounts > 0).sum(axis=1, keepdims=True))
         parts.append(np.log1p(amounts.sum(axis=1, keepdims=True)))
         return np.hstack(parts)
+
+    def with_substances(self, vectors: dict[str, np.ndarray]) -> "RecipeFeaturizer":
+        """A copy that also describes `vectors`' substances (predict's new substances); the fitted PCAs are kept."""
+        features = copy.copy(self)
+        features.store = DescriptorStore({**self.store.vectors, **vectors})
+        return features
 
     # ---- checkpoint state: tensors, strings and numbers only (torch.load(weights_only=True) reads it) -----------
 

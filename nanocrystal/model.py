@@ -58,6 +58,7 @@ class RecipeModel(nn.Module):
         normalised = (descriptors - mean) / std
         normalised[0] = 0.0  # PlaceHolder / unknown stays empty
         self.register_buffer("descriptors", normalised, persistent=False)
+        self.descriptor_mean, self.descriptor_std = mean, std  # add_substances normalises new rows the same way
         self.descriptor_proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(descriptors.shape[1], d))
         if cfg.freeze_descriptors:
             self.descriptor_proj.requires_grad_(False)
@@ -80,6 +81,15 @@ class RecipeModel(nn.Module):
         self.size_head = nn.Linear(d, 1)
         self.shape_head = nn.Linear(d, n_shapes)
         self.failed_head = nn.Linear(d, 1)
+
+    def add_substances(self, vectors: torch.Tensor) -> None:
+        """Rows for substances the model never trained on (predict), appended to the vocabulary: normalised with the
+        training table's mean and spread, with no learned offset (a zero one, as every offset starts)."""
+        self.descriptors = torch.cat([self.descriptors, (vectors - self.descriptor_mean) / self.descriptor_std])
+        if self.substance_offset is not None:
+            weight = self.substance_offset.weight.detach()
+            self.substance_offset = nn.Embedding.from_pretrained(
+                torch.cat([weight, weight.new_zeros(len(vectors), weight.shape[1])]), freeze=True)
 
     def embed_substances(self, ids: torch.Tensor, drop_descriptor: torch.Tensor | None = None) -> torch.Tensor:
         if ids.is_cuda:  # every substance: torch.unique's size would be read back from the GPU, a wait per step

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from copy import deepcopy
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,8 +43,9 @@ from .recipes import (AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, LABEL_COLUM
                       PRODUCT_NAME, SHAPES_FILE, UNKNOWN, RecipeError, load_dataset, load_shapes, read_csv_raw,
                       read_frame)
 from .runs import NEURAL_MODELS, CheckpointError, blend, load_fold_models, neural_spread
-from .splits import combined_table, make_folds, task_rows
-from .uncertainty import FoldCalibration, ShapeCalibration, SizeCalibration, set_labels
+from .splits import combined_table, run_folds, task_rows
+from .substances import is_table, merged_substances, new_substance_vectors, rename_substance
+from .uncertainty import FoldCalibration, ShapeCalibration, SizeCalibration, set_labels, shift_quantile
 
 if TYPE_CHECKING:  # LightGBM is imported only when a run has a blend (runs.load_fold_models)
     from .baselines import TreeBlend
@@ -56,8 +58,10 @@ LARGE_BATCH_ROWS = 2000  # recipes from which prediction shows a progress bar
 WARNING_COLUMN = "warning"
 # columns predict/design write: a prediction file can be fed back as recipes
 OUTSIDE_COLUMN = "outside_training"
+IMPUTED_COLUMN = "imputed"
 OUTPUT_COLUMNS = ("product", "size_nm", "size_lo", "size_hi", "seen_series", "p_within", "size_std", "shape",
-                  "shape_set", "p_failed", "domain_distance", OUTSIDE_COLUMN, "in_domain", WARNING_COLUMN, "loss")
+                  "shape_set", "p_failed", "domain_distance", OUTSIDE_COLUMN, "in_domain", IMPUTED_COLUMN,
+                  WARNING_COLUMN, "loss")
 DEFAULT_CONFIDENCE = 0.9
 NEW_PRODUCT = "product (no training recipe makes it)"
 PROB_PREFIX = "prob_"
@@ -134,11 +138,13 @@ class Run:
     low: np.ndarray  # training_range: smallest value of each condition, then of any reagent amount
     high: np.ndarray
     products: frozenset[str]  # the products of its training recipes
+    write_cache: bool = True  # false: the folder is only read (the app)
+    shifts: np.ndarray | None = None  # |log size shift| of a substance made new (substance_shifts), once needed
 
 
 def training_positions(cfg: Config, table: pd.DataFrame) -> dict[str, np.ndarray]:
     """Each fold's training rows of the run's task, in the combined table (outer folds, no augmentation)."""
-    folds = make_folds(table, cfg.split, cfg.n_folds, cfg.seed, cfg.object_name)
+    folds = run_folds(cfg, table)
     return {f.name: task_rows(table, f.train, cfg.task, cfg.use_weak, cfg.use_large, cfg.use_failures) for f in folds}
 
 
@@ -261,7 +267,7 @@ def load_run(path: str | Path, write_cache: bool = True) -> Run:
     run_dir = Path(path)
     cfg = run_config(run_dir)
     checkpoints = sorted(run_dir.glob("*.pt"))
-    store = load_descriptors(cfg.feats_path)
+    store = load_descriptors(cfg.feats_path) if is_table(cfg.descriptors) else None  # else in the checkpoints
     loaded = {}
     for checkpoint in checkpoints:
         try:
@@ -276,7 +282,8 @@ def load_run(path: str | Path, write_cache: bool = True) -> Run:
                                    float(arrays[f"{name}__{k}__threshold"])) for k in range(len(saved.members))],
                         saved.trees, saved.correction, saved.calibration)
              for name, saved in loaded.items()]
-    return Run(run_dir, cfg, folds, arrays["range_low"], arrays["range_high"], frozenset(arrays["products"].tolist()))
+    return Run(run_dir, cfg, folds, arrays["range_low"], arrays["range_high"], frozenset(arrays["products"].tolist()),
+               write_cache)
 
 
 # ---- prediction ------------------------------------------------------------------------------------------------------
@@ -298,14 +305,8 @@ def run_outputs(run: Run, table: pd.DataFrame) -> RunOutput:
                         bar=None if len(table) >= LARGE_BATCH_ROWS else False)
     for fold in progress.iterate(run.folds):
         batch = encode(table, fold.encoder)
-        trees = None if fold.trees is None else fold.trees.predict(table)
-        factors = None if fold.correction is None else fold.correction.factors(table)
-        fold_models = []
+        fold_models = fold_outputs(run.cfg, fold, table, batch)
         for member, reference in zip(fold.members, fold.references):
-            prediction = model_predict(member, batch)
-            # each member blended and corrected as in training: the members' mean is then the fold's prediction
-            prediction = prediction if trees is None else blend(run.cfg, prediction, trees)
-            fold_models.append(prediction if factors is None else {**prediction, "size": prediction["size"] * factors})
             distance = reference.neighbours.kneighbors(member.cls_embedding(batch).numpy(), n_neighbors=1)[0][:, 0]
             ratios.append(distance / reference.threshold)
         per_model += fold_models
@@ -322,6 +323,21 @@ def run_outputs(run: Run, table: pd.DataFrame) -> RunOutput:
                      np.any(seen, axis=0) if calibrated else None, np.mean(sigmas, axis=0) if calibrated else None)
 
 
+@torch.no_grad()
+def fold_outputs(cfg: Config, fold: FoldModels, table: pd.DataFrame, batch=None) -> list[dict[str, np.ndarray]]:
+    """engine.predict of each member of a fold, blended with the fold's trees and corrected as in training: the
+    members' mean is the fold's prediction."""
+    batch = encode(table, fold.encoder) if batch is None else batch
+    trees = None if fold.trees is None else fold.trees.predict(table)
+    factors = None if fold.correction is None else fold.correction.factors(table)
+    outputs = []
+    for member in fold.members:
+        prediction = model_predict(member, batch)
+        prediction = prediction if trees is None else blend(cfg, prediction, trees)
+        outputs.append(prediction if factors is None else {**prediction, "size": prediction["size"] * factors})
+    return outputs
+
+
 def shape_column(name: str) -> str:
     return PROB_PREFIX + name.replace(" ", "_")
 
@@ -331,6 +347,7 @@ class Predictor:
     size: Run
     shape: Run | None
     shapes: list[str]
+    imputed: frozenset[str] = field(default_factory=frozenset)  # substances given by formula or SMILES (with_substances)
 
     def encoders(self) -> list[Encoder]:
         return [run.folds[0].encoder for run in (self.size, self.shape) if run is not None]
@@ -369,15 +386,21 @@ class Predictor:
         sizes = np.array([p["size"] for p in size.per_model])
         out = pd.DataFrame({"size_nm": sizes.mean(0)}, index=table.index)
         calibration = self.size_calibration if size.sigma is not None else None
+        imputed = imputed_labels(table, self.imputed)
+        sigma = size.sigma
+        if calibration is not None and any(imputed):  # a new substance: the interval also holds its shift
+            new = np.array([bool(names) for names in imputed])
+            shift = np.where(new, shift_quantile(self.size.shifts, confidence), 0.0)
+            sigma = calibration.widen(out["size_nm"].to_numpy(), sigma, size.seen, confidence, shift)
         if calibration is not None:
-            out["size_lo"], out["size_hi"] = calibration.interval(out["size_nm"].to_numpy(), size.sigma, size.seen,
+            out["size_lo"], out["size_hi"] = calibration.interval(out["size_nm"].to_numpy(), sigma, size.seen,
                                                                   confidence)
             out["seen_series"] = size.seen
         else:
             out["size_lo"] = out["size_hi"] = np.nan
         if within is not None:
             out["p_within"] = (np.nan if calibration is None else
-                               calibration.p_within(out["size_nm"].to_numpy(), size.sigma, size.seen, *within))
+                               calibration.p_within(out["size_nm"].to_numpy(), sigma, size.seen, *within))
         out["size_std"] = sizes.std(0)
         distance, outside = size.domain_distance, size.outside
         if self.shape is not None:
@@ -398,10 +421,30 @@ class Predictor:
         out["domain_distance"] = distance
         # a product no training recipe makes: its intervals are calibrated on products the model has seen
         new_product = ~table[PRODUCT_NAME].isin(self.size.products).to_numpy()
-        out[OUTSIDE_COLUMN] = [", ".join(filter(None, [label, NEW_PRODUCT if new else ""]))
-                               for label, new in zip(outside_labels(table, outside), new_product)]
-        out["in_domain"] = (distance <= 1.0) & ~outside.any(1) & ~new_product
+        out[OUTSIDE_COLUMN] = [", ".join(filter(None, [label, NEW_PRODUCT if new else "", *(
+                                   f"{name} (new substance)" for name in names.split(", ") if name)]))
+                               for label, new, names in zip(outside_labels(table, outside), new_product, imputed)]
+        out["in_domain"] = (distance <= 1.0) & ~outside.any(1) & ~new_product & (np.array(imputed) == "")
+        out[IMPUTED_COLUMN] = imputed
         return out
+
+    def with_substances(self, table: pd.DataFrame, substances: pd.DataFrame | None = None) -> "Predictor":
+        """This predictor with a vector for every substance of `table` its runs lack that substances.csv or
+        `substances` (same columns) describe by formula or SMILES: imputed into the table's space for a table run,
+        computed by the run's providers otherwise (substances.new_substance_vectors). The size run's substance shifts
+        (the interval's widening) are computed then, once per run."""
+        names = sorted(set(self.unknown(table)["name"]))
+        described = merged_substances(substances)
+        described = described[described["name"].isin(names)]
+        if described.empty:
+            return self
+        if self.size.shifts is None and self.size_calibration is not None:  # kept on the loaded run: once per run
+            self.size.shifts = load_shifts(self.size)
+        size, shape = (None if run is None else
+                       extend_run(run, new_substance_vectors(run.cfg.descriptors, run.cfg.feats_path,
+                                                             described["name"].tolist(), described))
+                       for run in (self.size, self.shape))
+        return replace(self, size=size, shape=shape, imputed=self.imputed | frozenset(described["name"]))
 
 
 def load_predictor(size_run: str | Path, shape_run: str | Path | None = None, write_cache: bool = True) -> Predictor:
@@ -416,14 +459,92 @@ def load_predictor(size_run: str | Path, shape_run: str | Path | None = None, wr
 
 def unknown_problems(recipes: Recipes, unknown: pd.DataFrame) -> list[str]:
     return [f"{recipes.source}:{recipes.lines[u.position]}:{u.column}: substance {u.name!r} has no descriptor "
-            f"(--allow-unknown uses zeros)" for u in unknown.sort_values("position", kind="stable").itertuples()]
+            f"(give its formula or SMILES with --substances FILE, or --allow-unknown uses zeros)"
+            for u in unknown.sort_values("position", kind="stable").itertuples()]
+
+
+# ---- substances the runs never trained on ---------------------------------------------------------------------------
+
+SHIFTS_FILE = "substance_shifts.npz"
+SHIFT_SUBSTANCES = 30  # the most frequent reagents of each fold's training rows that substances.csv describes
+SHIFT_ROWS = 40  # training rows per substance and fold (a seeded sample)
+NEW_SUFFIX = " (as new)"
+
+
+def extend_run(run: Run, vectors: dict[str, np.ndarray]) -> Run:
+    """A copy of the run whose folds know `vectors`' substances: appended to each encoder's vocabulary, each member's
+    descriptor table (model.add_substances) and each tree model's store. The run itself is unchanged."""
+    names = [n for n in vectors if n not in run.folds[0].encoder.vocabulary]
+    if not names:
+        return run
+    rows = torch.from_numpy(np.stack([vectors[n] for n in names]).astype(np.float32))
+    folds = []
+    for fold in run.folds:
+        members = [deepcopy(member) for member in fold.members]
+        for member in members:
+            member.add_substances(rows)
+        trees = None if fold.trees is None else fold.trees.with_substances(dict(zip(names, rows.numpy())))
+        folds.append(replace(fold, encoder=fold.encoder.with_substances(names), members=members, trees=trees))
+    return replace(run, folds=folds)
+
+
+def imputed_labels(table: pd.DataFrame, imputed: frozenset[str]) -> list[str]:
+    """Per row: the substances of `imputed` it uses, comma-separated ('' for none)."""
+    names = table[[*NAME_COLUMNS, PRODUCT_NAME]].to_numpy(object)
+    return [", ".join(sorted(set(row) & imputed)) for row in names]
+
+
+def substance_shifts(run: Run) -> np.ndarray:
+    """How far a prediction moves when a substance becomes new to the model, measured on the run's training rows
+    (no label is read): for each of the SHIFT_SUBSTANCES most frequent reagents of each fold's training rows, up to
+    SHIFT_ROWS of those rows are predicted by the fold as trained and with the substance renamed and given the
+    vector a new substance gets (imputed by a regression fitted without it, or computed by the run's providers):
+    |log(size new / size trained)| of every such row."""
+    table = combined_table(load_dataset(run.cfg.data_dir))
+    positions = training_positions(run.cfg, table)
+    described = merged_substances()
+    shifts = []
+    for fold in run.folds:
+        train = table.iloc[positions[fold.name]]
+        names = pd.Series(train[list(NAME_COLUMNS)].to_numpy().ravel()).value_counts().index
+        frequent = [n for n in names if n in set(described["name"])][:SHIFT_SUBSTANCES]
+        trained_rows, renamed_rows, vectors = [], [], {}
+        for name in frequent:  # each sampled row gets one substance renamed; one prediction per fold for them all
+            rows = train[(train[list(NAME_COLUMNS)] == name).any(axis=1)]
+            rows = rows.sample(min(SHIFT_ROWS, len(rows)), random_state=0)
+            new = name + NEW_SUFFIX
+            vectors |= new_substance_vectors(run.cfg.descriptors, run.cfg.feats_path, [new],
+                                             described[described["name"] == name].assign(name=new), leave_out=(name,))
+            trained_rows.append(rows)
+            renamed_rows.append(rename_substance(rows, name, new))
+        (moved,) = extend_run(replace(run, folds=[fold]), vectors).folds
+        trained = np.mean([p["size"] for p in fold_outputs(run.cfg, fold, pd.concat(trained_rows))], axis=0)
+        renamed = np.mean([p["size"] for p in fold_outputs(run.cfg, moved, pd.concat(renamed_rows))], axis=0)
+        shifts.append(np.abs(np.log(renamed / trained)))
+    return np.concatenate(shifts)
+
+
+def load_shifts(run: Run) -> np.ndarray:
+    """substance_shifts from the run folder's cache, or computed (and cached unless the run is only read)."""
+    checkpoints = [run.path / f"{fold.name}.pt" for fold in run.folds]
+    fingerprint = run_fingerprint(run.path, checkpoints)
+    cached = load_cache(run.path / SHIFTS_FILE, fingerprint)
+    if cached is not None:
+        return cached["shifts"]
+    shifts = substance_shifts(run)
+    if run.write_cache:
+        save_cache(run.path / SHIFTS_FILE, fingerprint, {"shifts": shifts})
+    return shifts
 
 
 def predict_recipes(predictor: Predictor, recipes: Recipes, allow_unknown: bool = False,
-                    confidence: float = DEFAULT_CONFIDENCE) -> pd.DataFrame:
+                    confidence: float = DEFAULT_CONFIDENCE, substances: pd.DataFrame | None = None) -> pd.DataFrame:
     """The prediction table for a recipe file: ID, product, predictions (+ a warning column with allow_unknown).
-    Raises RecipeError naming each unknown substance and row unless allow_unknown."""
+    A substance the runs lack gets a vector when substances.csv or `substances` describe it (`imputed` names it per
+    row; Predictor.with_substances). Raises RecipeError naming each other unknown substance and row unless
+    allow_unknown."""
     table = recipes.table
+    predictor = predictor.with_substances(table, substances)
     if not allow_unknown:
         check_known(predictor, recipes)
     out = pd.concat([pd.DataFrame({"ID": table["ID"], "product": table[PRODUCT_NAME]}),
@@ -448,6 +569,8 @@ def summary(frame: pd.DataFrame, leading: list[str] = ()) -> str:
     view = view.round({c: 3 for c in view.columns if c.startswith(PROB_PREFIX)})
     for column in ("size_nm", "size_lo", "size_hi", "size_std"):
         view[column] = frame[column].round(2)
+    if "seen_series" in frame:
+        view["seen_series"] = frame["seen_series"]
     if "p_within" in frame:
         view["p_within"] = frame["p_within"].round(3)
     if "shape" in frame:
@@ -471,8 +594,9 @@ def legend(frame: pd.DataFrame, confidence: float) -> str:
         return ("size_lo/size_hi: none, the size run has no calibration (trained with --calibration_folds 0); "
                 "size_std: spread of the ensemble's models, not an interval")
     sets = f"; shape_set: the shapes a {confidence:.0%} prediction set keeps" if "shape_set" in frame else ""
-    return (f"size_lo..size_hi: the {confidence:.0%} conformal interval of the size{sets}; size_std: spread of the "
-            "ensemble's models, not an interval")
+    return (f"size_lo..size_hi: the {confidence:.0%} conformal interval of the size (wider for a recipe whose series "
+            f"has no training recipe: seen_series false){sets}; size_std: spread of the ensemble's models, not an "
+            "interval")
 
 
 # ---- what the app shows beside a prediction ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from filelock import FileLock, Timeout
 
 from .config import ROOT, TREE_MODELS, Config
 from .correction import SeriesCorrection, Siblings
-from .descriptors import DescriptorStore, load_descriptors
+from .descriptors import DescriptorStore
 from .encode import Encoder, descriptor_matrix, encode, fit_encoder, unknown_substances
 from .engine import ensemble_predict, train_member
 from .errors import InputError
@@ -35,7 +35,8 @@ from .metrics import SHAPE_METRICS, SIZE_METRICS, mean_metrics, shape_metrics, s
 from .model import MODELS
 from .progress import Progress
 from .recipes import is_solid, load_dataset
-from .splits import Fold, combined_table, inner_groups, inner_pool, make_folds, task_rows
+from .splits import Fold, combined_table, inner_groups, inner_pool, run_folds, task_rows
+from .substances import is_table, run_store
 from .uncertainty import (CATEGORY_NAMES, NEW, SEEN, FoldCalibration, ShapeCalibration, SizeCalibration, coverage,
                           difficulty_features, set_labels)
 
@@ -209,6 +210,8 @@ def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shape
         "n_shapes": n_shapes,
         "members": [m.state_dict() for m in members],
     }
+    if not is_table(cfg.descriptors):  # computed vectors: kept, so a later change of substances.csv changes no model
+        checkpoint["descriptor_vectors"] = descriptor_matrix(encoder, store)
     fitted_trees = []
     if cfg.tree_blend:
         from .baselines import TreeBlend, blend_state, fit_blend
@@ -409,13 +412,15 @@ def read_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
-def load_fold_models(path: Path, store: DescriptorStore) -> FoldCheckpoint:
+def load_fold_models(path: Path, store: DescriptorStore | None) -> FoldCheckpoint:
     """Rebuild a fold's ensemble from its checkpoint; CheckpointError (one line: the file and what to do) if it
-    cannot be."""
+    cannot be. `store` is the descriptor table of a table run; a run on computed descriptors carries its own."""
     checkpoint = read_checkpoint(path)
     try:
         cfg = Config.from_dict(checkpoint["config"], f"{path} (its config)")
         encoder = Encoder.from_dict(checkpoint["encoder"])
+        if "descriptor_vectors" in checkpoint:
+            store = DescriptorStore(dict(zip(encoder.vocabulary[1:], checkpoint["descriptor_vectors"][1:].numpy())))
         factory = make_model_factory(cfg, encoder, store, checkpoint["n_shapes"])
         members = []
         for state in checkpoint["members"]:
@@ -448,7 +453,7 @@ def oof_embeddings(run_dir: Path, table: pd.DataFrame,
     neither members nor folds can be averaged or mixed."""
     cfg = Config.load(run_dir / "config.json")
     values, shapes, names = [], [], []
-    for fold in make_folds(table, cfg.split, cfg.n_folds, cfg.seed, cfg.object_name):
+    for fold in run_folds(cfg, table):
         if (run_dir / f"{fold.name}.pt").is_file():
             saved = load_fold_models(run_dir / f"{fold.name}.pt", store)
             valid = table.iloc[fold.valid]
@@ -537,7 +542,7 @@ def run_fold(cfg: Config, run_dir: Path, outer: Fold) -> None:
         torch.set_num_threads(cfg.threads)
     logger = make_logger(run_dir)
     dataset = load_dataset(cfg.data_dir)
-    store = load_descriptors(cfg.feats_path)
+    store = run_store(cfg.descriptors, cfg.feats_path)
     table = combined_table(dataset)
     fold = inner_fold(table, outer, cfg) if cfg.inner_val_frac else outer
     fold_start = time.time()
@@ -613,7 +618,7 @@ def quiet_worker() -> None:
 
 def chosen_folds(cfg: Config, table: pd.DataFrame) -> list[Fold]:
     """The folds this run scores (all, or those of --folds); ValueError for an unknown split, product or index."""
-    folds = make_folds(table, cfg.split, cfg.n_folds, cfg.seed, cfg.object_name)
+    folds = run_folds(cfg, table)
     unknown = sorted(set(cfg.folds) - {f.index for f in folds})
     if unknown:
         raise ValueError(f"--folds {' '.join(map(str, unknown))}: no such fold (0..{len(folds) - 1})")
@@ -628,7 +633,7 @@ def run_experiment(cfg: Config, command: str = "", on_fold: Callable[[dict], Non
         if cfg.model not in NEURAL_MODELS + TREE_MODELS:
             raise ValueError(f"--model {cfg.model!r}: choose from {', '.join(NEURAL_MODELS + TREE_MODELS)}")
         dataset = load_dataset(cfg.data_dir)
-        store = load_descriptors(cfg.feats_path)
+        store = run_store(cfg.descriptors, cfg.feats_path)
         table = combined_table(dataset)
         folds = chosen_folds(cfg, table)
         if cfg.backend == "ray":

@@ -54,27 +54,49 @@ def grouped_folds(table: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> list[
     return folds
 
 
-def product_folds(table: pd.DataFrame, products: list[str]) -> list[Fold]:
-    """Leave-one-product-out: validation = product P with 0 < size <= 20 nm (any Num); training = other products."""
+def product_folds(table: pd.DataFrame, products: list[str], shots: int = 0, draws: int = 1,
+                  seed: int = 0) -> list[Fold]:
+    """Leave-one-product-out: validation = product P with 0 < size <= 20 nm (any Num); training = other products.
+    With `shots` k > 0 (few-shot: a chemist's first syntheses of a new material), `draws` folds per product: k of
+    P's sized recipes, drawn at random, join the training rows and the validation rows are P's other sized recipes.
+    A draw's k recipes are the first k of one random order of P's recipes, so a draw's 1, 3 and 5 shots are nested."""
     folds = []
-    for k, product in enumerate(products):
+    for p, product in enumerate(products):
         is_product = (table[PRODUCT_NAME] == product).to_numpy()
         if not is_product.any():
             raise SplitError(f"--object_name {product!r}: no recipe has this product")
-        valid = np.flatnonzero(is_product & has_size(table).to_numpy())
-        folds.append(Fold(k, product, np.flatnonzero(~is_product), valid))
+        sized = np.flatnonzero(is_product & has_size(table).to_numpy())
+        if not shots:
+            folds.append(Fold(len(folds), product, np.flatnonzero(~is_product), sized))
+            continue
+        if shots >= len(sized):
+            raise SplitError(f"--shots {shots}: {product} has {len(sized)} sized recipes; leave some to score")
+        for draw in range(draws):
+            order = np.random.default_rng([seed, p, draw]).permutation(sized)
+            shot_rows = np.sort(order[:shots])
+            folds.append(Fold(len(folds), f"{product}-{shots}shot-{draw}",
+                              np.sort(np.concatenate([np.flatnonzero(~is_product), shot_rows])),
+                              np.sort(order[shots:])))
     return folds
 
 
-def make_folds(table: pd.DataFrame, split: str, n_folds: int, seed: int, products: list[str]) -> list[Fold]:
+def make_folds(table: pd.DataFrame, split: str, n_folds: int, seed: int, products: list[str], shots: int = 0,
+               draws: int = 1) -> list[Fold]:
     if products:
-        return product_folds(table, products)
+        return product_folds(table, products, shots, draws, seed)
+    if shots:
+        raise SplitError("--shots needs --object_name (few-shot is leave-one-product-out with k recipes of the product)")
     if split not in ("paper", "grouped"):
         raise SplitError(f"unknown split {split!r}; choose paper or grouped")
     try:
         return (paper_folds if split == "paper" else grouped_folds)(table, n_folds, seed)
     except ValueError as error:  # scikit-learn's: more folds than evaluation rows (or series)
         raise SplitError(f"--n_folds {n_folds}: {error}") from None
+
+
+def run_folds(cfg: Config, table: pd.DataFrame) -> list[Fold]:
+    """The folds of a run's config."""
+    return make_folds(table, cfg.split, cfg.n_folds, cfg.seed, cfg.object_name, cfg.shots, cfg.shot_draws)
 
 
 def task_rows(table: pd.DataFrame, positions: np.ndarray, task: str, use_weak: bool = True,

@@ -119,6 +119,17 @@ class SizeCalibration:
                                        confidence=confidence)
         return np.exp(bounds[:, 0]), np.exp(bounds[:, 1])
 
+    def widen(self, predicted_nm: np.ndarray, sigma: np.ndarray, seen: np.ndarray, confidence: float,
+              shift: np.ndarray) -> np.ndarray:
+        """The sigma whose interval has the log half-width sqrt(h^2 + shift^2), h the half-width at `sigma`: a recipe
+        with a new substance (predict) also carries the shift of its prediction that the substance's vector being
+        new causes, taken as independent of the calibrated error. A shift of 0 leaves sigma as it is."""
+        lo, hi = self.interval(predicted_nm, sigma, seen, confidence)
+        half = np.log(hi / lo) / 2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            factor = np.where(half > 0, np.sqrt(half ** 2 + np.asarray(shift) ** 2) / half, 1.0)
+        return sigma * np.where(np.isfinite(factor), factor, 1.0)
+
     def cdf(self, predicted_nm: np.ndarray, sigma: np.ndarray, seen: np.ndarray,
             size_nm: np.ndarray | float) -> np.ndarray:
         """P(size <= size_nm) under the conformal predictive distribution of each recipe."""
@@ -217,6 +228,14 @@ class FoldCalibration:
             return cls(shape=ShapeCalibration.from_state(state["shape"]))
         siblings = Siblings.from_state(state["siblings"]) if "siblings" in state else None
         return cls(SizeCalibration.from_state(state["size"]), SizeCalibration.from_state(state["baseline"]), siblings)
+
+
+def shift_quantile(shifts: np.ndarray, confidence: float) -> float:
+    """The conformal quantile of |shift| at `confidence`: the ceil((n + 1) confidence)-th smallest of n values (the
+    largest when there are too few)."""
+    ordered = np.sort(np.abs(np.asarray(shifts, np.float64)))
+    rank = min(int(np.ceil((len(ordered) + 1) * confidence)), len(ordered))
+    return float(ordered[rank - 1]) if len(ordered) else 0.0
 
 
 def coverage(true: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> dict[str, float]:

@@ -7,7 +7,8 @@
 # them, leave-one-product-out over Au, Pd, PbS and InP; docs/lopo.md): mean MAE 3.10 nm against
 # 3.29-3.31 for LightGBM or extra trees without the product, 3.23 for extra trees with it, 3.91 for the transformer
 # (3.95 pretrained) and 3.35 or more for the transformer beside the trees. Prints MAE, MAPE, R² per product beside
-# the paper's pretrain-finetune MAE.
+# the paper's pretrain-finetune MAE, and the coverage and mean width of each product's 90 % intervals (calibrated on
+# inner folds that leave out whole training products: docs/uncertainty.md).
 #
 # Time: about 2 min on the 2-core machine once set up. Results: docs/lopo.md.
 #
@@ -16,7 +17,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-source scripts/take_save_path.sh "runs/size-lopo-$(date +%Y%m%d-%H%M%S)" "$@"
-bash scripts/run_task.sh size-lopo --task size --preset cpu --model lgbm --use_product \
-  --object_name PbSe Ag2S Ni Cs2NaBiCl6 -- "${user[@]}" --save_path "$save"
+# --shots K... (taken out of the arguments) also runs the few-shot curve: for each K > 0, K random recipes of the
+# product join its training rows (3 draws per product, nested over K) and its other recipes are scored; no intervals
+# for these runs (--calibration_folds 0, the curve is about the error); the table and assets/few_shot.png compare each
+# K with the zero-shot run on the same recipes.
+source scripts/take_numbers.sh --shots "$@"
+shots=(${numbers[@]+"${numbers[@]}"})
+source scripts/take_save_path.sh "runs/size-lopo-$(date +%Y%m%d-%H%M%S)" ${rest[@]+"${rest[@]}"}
+lopo=(--task size --preset cpu --model lgbm --use_product --object_name PbSe Ag2S Ni Cs2NaBiCl6)
+bash scripts/run_task.sh size-lopo "${lopo[@]}" -- ${user[@]+"${user[@]}"} --save_path "$save"
 "$PY" -m nanocrystal.task_tables lopo "$save"
+if [ ${#shots[@]} -gt 0 ]; then
+  runs=("$save")
+  for k in "${shots[@]}"; do
+    [ "$k" = 0 ] && continue
+    bash scripts/run_task.sh size-lopo "${lopo[@]}" --shots "$k" --calibration_folds 0 -- ${user[@]+"${user[@]}"} \
+      --save_path "$save-${k}shot"
+    runs+=("$save-${k}shot")
+  done
+  "$PY" -m nanocrystal.task_tables shots "${runs[@]}" --plot assets/few_shot.png
+fi

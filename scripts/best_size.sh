@@ -2,7 +2,10 @@
 # The main job: size regression with the CPU preset on the paper split (seed 0), 5 folds, honest selection.
 # The cpu preset averages the transformer ensemble with the fold's LightGBM and extra-trees models at weight 0.8 (both fit
 # log(size), each chosen by inner CV on the fold's training rows): the weight and the models were chosen by inner
-# cross-validation on training rows only (docs/size_model.md).
+# cross-validation on training rows only (docs/size_model.md). Every prediction gets a 90 % conformal interval,
+# calibrated on 10 inner folds of each fold's training rows (docs/uncertainty.md); the script ends with the coverage
+# overall and by recipe series, beside the plain baseline's. Time: 18.6 min on the 2-core machine from a fresh clone,
+# set-up included (2026-12-03).
 # Extra arguments go to train.py (they win over these), e.g. --split grouped, --augmented data/augmented,
 # --tree_blend 0 --no-series_correction (the transformer alone), --preset paper (GPU).
 set -euo pipefail

@@ -24,7 +24,7 @@ from nanocrystal.predict import (CACHE_FILE, NEW_PRODUCT, load_predictor, load_r
                                  training_positions)
 from nanocrystal.recipes import ABSOLUTE_ZERO_C, FLOAT32_MAX, MAX_TEMPERATURE_C, RecipeError
 from nanocrystal.runs import fold_data, load_fold_models, run_experiment
-from nanocrystal.splits import make_folds
+from nanocrystal.splits import make_folds, run_folds
 
 EXAMPLES = ROOT / "examples"
 
@@ -67,7 +67,7 @@ def test_ensemble_is_the_mean_of_the_fold_models(predictor, examples, size_run, 
 def test_each_fold_keeps_the_encoder_of_its_own_training_rows(size_run, table, dataset, descriptors):
     cfg = Config.load(size_run / "config.json")
     encoders = []
-    for fold in make_folds(table, cfg.split, cfg.n_folds, cfg.seed, cfg.object_name):
+    for fold in run_folds(cfg, table):
         train = fold_data(cfg, table, fold, dataset.n_shapes).train
         saved = load_fold_models(size_run / f"{fold.name}.pt", descriptors).encoder
         assert saved == fit_encoder(train, descriptors, cfg.amount_scaling, cfg.use_product, cfg.size_as_input)
@@ -159,7 +159,8 @@ def test_unknown_substance_exits_2_naming_it(size_run, tmp_path, capsys):
     recipes.to_csv(path, index=False)
     assert main(["predict", "--size-run", str(size_run), str(path)]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"{path}:4:B2: substance 'Unobtainium' has no descriptor (--allow-unknown uses zeros)"]
+        f"{path}:4:B2: substance 'Unobtainium' has no descriptor (give its formula or SMILES with --substances FILE, "
+        "or --allow-unknown uses zeros)"]
     out = tmp_path / "pred.csv"
     assert main(["predict", "--size-run", str(size_run), str(path), "--allow-unknown", "--out", str(out)]) == 0
     written = pd.read_csv(out, keep_default_na=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nanocrystal.recipes import evaluation_mask, is_solid, series_keys
+from nanocrystal.recipes import evaluation_mask, has_size, is_solid, series_keys
 from nanocrystal.splits import grouped_folds, make_folds, paper_folds, product_folds, task_rows
 
 
@@ -73,3 +73,25 @@ def test_task_rows(table):
 def test_grouped_folds_depend_on_the_seed(table, grouped):
     other = grouped_folds(table, 5, 1)
     assert any(not np.array_equal(np.sort(a.valid), np.sort(b.valid)) for a, b in zip(grouped, other))
+
+
+def test_few_shot_folds_move_k_recipes_of_the_product_into_training(table):
+    products = table["T2"].to_numpy()
+    sized = np.flatnonzero((products == "Ni") & has_size(table).to_numpy())
+    (zero,) = product_folds(table, ["Ni"])
+    by_k = {k: product_folds(table, ["Ni"], shots=k, draws=3, seed=0) for k in (1, 3)}
+    for k, folds in by_k.items():
+        assert [f.name for f in folds] == [f"Ni-{k}shot-{d}" for d in range(3)]
+        for fold in folds:
+            shots = fold.train[products[fold.train] == "Ni"]
+            assert len(shots) == k and np.isin(shots, sized).all()  # k sized recipes of the product, no other row
+            assert not np.isin(fold.valid, fold.train).any()
+            np.testing.assert_array_equal(np.sort(np.concatenate([shots, fold.valid])), zero.valid)
+            np.testing.assert_array_equal(np.setdiff1d(fold.train, shots), zero.train)
+    for one, three in zip(by_k[1], by_k[3]):  # a draw's shots are nested over k
+        assert np.isin(one.train, three.train).all()
+    assert len({tuple(f.train[products[f.train] == "Ni"]) for f in by_k[3]}) == 3  # draws differ
+    with pytest.raises(ValueError, match="--shots 30: Ni has 21 sized recipes"):
+        product_folds(table, ["Ni"], shots=30)
+    with pytest.raises(ValueError, match="--shots needs --object_name"):
+        make_folds(table, "paper", 5, 0, [], shots=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,9 +18,9 @@ from nanocrystal.engine import shape_loss, size_loss
 from nanocrystal.metrics import mean_metrics, shape_metrics, size_metrics
 from nanocrystal.recipes import has_size
 from nanocrystal.runs import fold_data, run_experiment, score, val_selected
-from nanocrystal.splits import make_folds, paper_folds, product_folds
-from nanocrystal.report import load_run
-from nanocrystal.task_tables import main, product_table
+from nanocrystal.splits import paper_folds, product_folds, run_folds
+from nanocrystal.report import ReportError, load_run
+from nanocrystal.task_tables import main, product_table, seeds_table, shots_table
 
 PRODUCTS = ["PbSe", "Ag2S", "Ni", "Cs2NaBiCl6"]
 N_SHAPES = 11
@@ -29,7 +30,7 @@ N_SHAPES = 11
 def test_a_held_out_product_has_no_training_row(table, task):
     cfg = config_from_args(["--preset", "tiny", "--task", task, "--object_name", *PRODUCTS])
     assert cfg.object_name == PRODUCTS
-    folds = make_folds(table, cfg.split, cfg.n_folds, cfg.seed, cfg.object_name)
+    folds = run_folds(cfg, table)
     assert [f.name for f in folds] == PRODUCTS
     size_rows = int((has_size(table) & ~table["failed"]).sum())
     for fold in folds:
@@ -239,3 +240,49 @@ def test_eval_every_records_the_upstream_style_figure_apart_from_the_result(tmp_
     assert f"mae {metrics['val_selected']['mean']['mae']:.4f}" in lines[-9]
     assert float(lines[-7].rsplit(" ", 1)[1]) == pytest.approx(metrics["mean"]["mae"], abs=1e-4)
     assert sum("fold0 val-selected curve (not the result)" in line for line in lines) == 3
+
+
+def test_shots_table_compares_each_k_with_zero_shot_on_the_same_recipes(tmp_path):
+    """Two products; the 1-shot run scores, per draw, the product's recipes left out; its zero-shot figure is the
+    zero-shot run's error on those very recipes."""
+    def run(name: str, shots: int, folds: dict[str, list[tuple[int, float, float]]]) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps({"shots": shots, "object_name": ["A", "B"]}))
+        per_fold = [{"fold": f, "mae": 0.0} for f in folds]
+        (path / "metrics.json").write_text(json.dumps({"task": "size", "model": "lgbm", "split": "lopo", "mean": {},
+                                                       "per_fold": per_fold}))
+        rows = [{"ID": i, "fold": f, "true": t, "pred": p} for f, items in folds.items() for i, t, p in items]
+        pd.DataFrame(rows).to_csv(path / "oof_predictions.csv", index=False)
+        return path
+
+    zero = run("zero", 0, {"A": [(1, 5.0, 7.0), (2, 5.0, 9.0), (3, 5.0, 5.0)], "B": [(4, 3.0, 4.0), (5, 3.0, 6.0)]})
+    one = run("one", 1, {"A-1shot-0": [(2, 5.0, 6.0), (3, 5.0, 5.0)], "A-1shot-1": [(1, 5.0, 5.5), (3, 5.0, 5.5)],
+                         "B-1shot-0": [(5, 3.0, 3.0)], "B-1shot-1": [(4, 3.0, 3.5)]})
+    table = shots_table([load_run(zero), load_run(one)])
+    assert table.loc[("A", 0), "mae"] == pytest.approx(2.0) and table.loc[("A", 0), "reduction"] == pytest.approx(0)
+    # A, 1 shot: draws 0.5 and 0.5; zero-shot on the same recipes: (4 + 0) / 2 and (2 + 0) / 2
+    assert table.loc[("A", 1), ["draws", "mae", "zero_shot_mae"]].tolist() == pytest.approx([2, 0.5, 1.5])
+    assert table.loc[("A", 1), "reduction"] == pytest.approx(1 - 0.5 / 1.5)
+    assert table.loc[("B", 1), ["mae", "zero_shot_mae"]].tolist() == pytest.approx([0.25, 2.0])
+    assert main(["shots", str(zero), str(one), "--plot", str(tmp_path / "curve.png")]) == 0
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+    with pytest.raises(ReportError, match="exactly one of them without --shots"):
+        shots_table([load_run(one)])
+
+
+def test_seeds_table_gives_each_seed_and_their_mean_and_spread(tmp_path):
+    def run(seed: int, mae: float, extra: dict | None = None) -> Path:
+        path = tmp_path / f"seed{seed}{'x' if extra else ''}"
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps({"seed": seed, "task": "size", **(extra or {})}))
+        (path / "metrics.json").write_text(json.dumps({"task": "size", "model": "transformer", "split": "paper",
+                                                       "seed": seed, "mean": {"mae": mae, "r2": 0.7},
+                                                       "per_fold": []}))
+        return path
+
+    table = seeds_table([load_run(run(0, 1.4)), load_run(run(1, 1.5)), load_run(run(2, 1.6))])
+    assert table.index.tolist() == ["0", "1", "2", "mean", "std"]
+    assert table.loc["mean", "mae"] == pytest.approx(1.5) and table.loc["std", "mae"] == pytest.approx(0.1)
+    with pytest.raises(ReportError, match="differ in --seed only"):
+        seeds_table([load_run(tmp_path / "seed0"), load_run(run(3, 1.4, {"epochs": 3}))])
