@@ -27,7 +27,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from nanocrystal.cli import config_from_args, guarded  # noqa: E402
+from nanocrystal.cli import guarded  # noqa: E402
+from nanocrystal.config import config_from_args  # noqa: E402
 from nanocrystal.config import ROOT  # noqa: E402
 from nanocrystal.files import write_text  # noqa: E402
 from nanocrystal.recipes import PRODUCT_NAME, has_size, load_dataset  # noqa: E402

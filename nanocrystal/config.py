@@ -1,6 +1,7 @@
 """One typed configuration for every task and model; argparse fills it, every run folder saves it."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -305,3 +306,39 @@ def _checked_values(values: dict) -> tuple[dict, list[tuple[str, str]]]:
             problems.append(("n_heads", f"must divide d_model ({merged['d_model']}), got {merged['n_heads']}"))
     return checked, problems
 
+
+def config_parser() -> argparse.ArgumentParser:
+    """One flag per Config field (same name, same type); a flag not given keeps the preset's or config file's value."""
+    parser = argparse.ArgumentParser(prog="train.py", description="Train and evaluate over the folds of a split. "
+                                     "Defaults shown are the cpu preset's; --preset tiny or paper changes them.")
+    parser.add_argument("--config", default=None,
+                        help="a run's config.json: re-run it (other flags override; --preset is refused)")
+    cpu = resolve("cpu")  # what a flag not given means
+    for spec in dataclasses.fields(Config):
+        flag = f"--{spec.name}"
+        default = getattr(cpu, spec.name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"(default {default})")
+        elif isinstance(default, list):
+            item = int if spec.name == "folds" else str
+            parser.add_argument(flag, nargs="*", type=item, default=None, help="list")
+        else:
+            parser.add_argument(flag, type=type(default), default=None, help=f"(default {default!r})")
+    # the older name of --tree_blend, in the commands that run folders of earlier versions recorded
+    parser.add_argument("--lgbm_blend", dest="tree_blend", type=float, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def config_from_args(argv: list[str] | None = None) -> Config:
+    args = vars(config_parser().parse_args(argv))
+    config_file = args.pop("config")
+    given = {k: v for k, v in args.items() if v is not None}
+    if config_file:
+        if "preset" in given:  # the file holds a preset's values already; applying another one would be half done
+            raise ConfigError(["--preset cannot be combined with --config: the config file already holds its "
+                               "preset's values; override single flags instead"])
+        base = json.loads(Config.load(config_file).to_json())
+        base.pop("save_path"), base.pop("resume")
+        return Config.from_dict({**base, **given})
+    return resolve(given.pop("preset", "cpu"), given)

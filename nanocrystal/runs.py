@@ -37,7 +37,7 @@ from .progress import Progress
 from .recipes import is_solid, load_dataset
 from .splits import Fold, combined_table, inner_groups, inner_pool, run_folds, task_rows
 from .substances import is_table, run_store
-from .uncertainty import (CATEGORY_NAMES, NEW, SEEN, FoldCalibration, ShapeCalibration, SizeCalibration, coverage,
+from .uncertainty import (CATEGORY_NAMES, SEEN, FoldCalibration, ShapeCalibration, SizeCalibration, coverage,
                           difficulty_features, set_labels)
 
 if TYPE_CHECKING:  # baselines (LightGBM, scikit-learn) is imported only when a run uses it

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import ROOT, Config
+from .config import ROOT, Config, config_from_args
 from .errors import InputError
 
 # name -> {Config field: candidate values}; a list value is joined with "+" for the search (Optuna's categories are
@@ -85,8 +85,6 @@ def trial(values: dict, base: dict, out: str) -> None:
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, Config]:
-    from .cli import config_from_args
-
     parser = argparse.ArgumentParser(prog="python -m nanocrystal tune", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", default="size_blend", choices=list(SPACES), help="the fields searched")

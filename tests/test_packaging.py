@@ -56,3 +56,40 @@ def test_train_subcommand_passes_every_flag_to_train_py(tmp_path, capsys):
     missing = tmp_path / "missing.json"
     assert main(["train", "--config", str(missing)]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+def package_imports() -> dict[str, set[str]]:
+    """module -> the package's modules it imports (at the top or inside a function)."""
+    import ast
+
+    modules = {path.stem: path for path in (ROOT / "nanocrystal").glob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                imported |= {node.module.split(".")[0]} if node.module else {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nanocrystal."):
+                imported.add(node.module.split(".")[1])
+        graph[name] = (imported & set(modules)) - {name}
+    return graph
+
+
+def test_package_imports_form_no_cycle():
+    # the layers import one way (docs: README's layout, bottom to top); a cycle, even through a function-level import,
+    # would tie two layers together
+    graph, done, path = package_imports(), set(), []
+
+    def visit(module: str) -> None:
+        assert module not in path, f"import cycle: {' -> '.join(path[path.index(module):] + [module])}"
+        if module in done:
+            return
+        path.append(module)
+        for imported in sorted(graph[module]):
+            visit(imported)
+        path.pop()
+        done.add(module)
+
+    assert {"cli", "runs", "config"} <= set(graph) and graph["cli"]  # the graph was read
+    for module in sorted(graph):
+        visit(module)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-from nanocrystal.cli import config_from_args
+from nanocrystal.config import config_from_args
 from nanocrystal.config import resolve
 from nanocrystal.encode import encode, fit_encoder
 from nanocrystal.engine import shape_loss, size_loss

@@ -11,7 +11,7 @@ import pytest
 import torch
 from filelock import FileLock
 
-from nanocrystal.cli import config_from_args
+from nanocrystal.config import config_from_args
 from nanocrystal.config import ROOT, resolve
 from nanocrystal.encode import MEASURED_SIZE, encode, fit_encoder
 from nanocrystal.engine import ensemble_predict, epoch_order, size_loss, train_member
@@ -245,7 +245,7 @@ def test_bad_task_split_resume_or_config_file_are_refused(tmp_path, capsys):
 
 
 def test_help_shows_the_defaults_a_run_gets():
-    from nanocrystal.cli import config_parser
+    from nanocrystal.config import config_parser
 
     cpu = config_from_args([])
     assert (cpu.preset, cpu.tree_blend, cpu.lgbm_seeds, cpu.series_correction) == ("cpu", 0.8, 3, True)
