@@ -61,8 +61,9 @@ def primary(cfg: Config) -> tuple[str, str]:
 
 def trial_config(base: dict, values: dict, run_dir: Path) -> Config:
     fields = {k: (v.split("+") if k in LIST_FIELDS else v) for k, v in values.items()}
+    # a trial is judged on its point predictions: its intervals (calibration_folds refits per fold) would be unused
     return Config.from_dict({**base, **fields, "save_path": str(run_dir), "backend": "local", "workers": 1,
-                             "resume": False})
+                             "resume": False, "calibration_folds": 0})
 
 
 def trial(values: dict, base: dict, out: str) -> None:

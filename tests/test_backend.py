@@ -107,18 +107,21 @@ def test_a_sweep_scores_on_inner_validation_only(capsys):
 
 def test_a_trial_reports_its_running_inner_score_after_each_fold(tmp_path, monkeypatch):
     """A trial's report after fold k is the mean inner score of its first k folds, read from the run folder it
-    writes (each fold's record says scored_on inner)."""
+    writes (each fold's record says scored_on inner); a trial makes no intervals (the sweep never reads them)."""
     tune = pytest.importorskip("ray.tune")
     from nanocrystal.sweep import parse, trial
 
     reports = []
     monkeypatch.setattr(tune, "report", reports.append)
     monkeypatch.setattr(tune, "get_context", lambda: type("Context", (), {"get_trial_id": lambda self: "t0"})())
-    _, cfg = parse(["--preset", "tiny", "--n_folds", "2", "--epochs", "1", "--calibration_folds", "0"])
+    _, cfg = parse(["--preset", "tiny", "--n_folds", "2", "--epochs", "1"])
+    assert cfg.calibration_folds == 3  # the tiny preset's
     trial({"lr": 0.004}, json.loads(cfg.to_json()), str(tmp_path))
     run = tmp_path / "trials" / "t0"
     records = [json.loads((run / f"fold{k}.json").read_text()) for k in (0, 1)]
-    assert [r["scored_on"] for r in records] == ["inner", "inner"] and Config.load(run / "config.json").lr == 0.004
+    saved = Config.load(run / "config.json")
+    assert [r["scored_on"] for r in records] == ["inner", "inner"] and saved.lr == 0.004
+    assert saved.calibration_folds == 0 and not any("calibration" in r for r in records)
     maes = [r["metrics"]["mae"] for r in records]
     assert reports == [{"mae": maes[0], "folds": 1}, {"mae": pytest.approx((maes[0] + maes[1]) / 2), "folds": 2}]
 
