@@ -115,7 +115,7 @@ def test_fold_predictions_ignore_other_validation_rows(fold_slice, descriptors, 
 def test_lgbm_seeds_average_fits_that_differ_only_in_seed(fold_slice, descriptors, task):
     train, valid = fold_slice
     data = SimpleNamespace(train=train, valid=valid, train_weak=~is_solid(train).to_numpy())
-    settings = {"model": "lgbm", "task": task, "threads": 1, "lgbm_huber_delta": 0.0}
+    settings = {"model": "lgbm", "task": task, "threads": 2, "lgbm_huber_delta": 0.0}
     one = fit_selected(resolve("cpu", {**settings, "lgbm_seeds": 1}), data, descriptors, 11)
     three = fit_selected(resolve("cpu", {**settings, "lgbm_seeds": 3}), data, descriptors, 11)
     assert three.selection["seeds"] == [0, 1, 2] and one.selection["seeds"] == [0]
@@ -133,7 +133,7 @@ def test_lgbm_seeds_average_fits_that_differ_only_in_seed(fold_slice, descriptor
 def test_lgbm_huber_delta_sets_the_size_loss_only(fold_slice, descriptors):
     train, valid = fold_slice
     data = SimpleNamespace(train=train, valid=valid, train_weak=~is_solid(train).to_numpy())
-    fitted = {task: fit_selected(resolve("cpu", {"model": "lgbm", "task": task, "threads": 1, "lgbm_seeds": 1,
+    fitted = {task: fit_selected(resolve("cpu", {"model": "lgbm", "task": task, "threads": 2, "lgbm_seeds": 1,
                                                  "lgbm_huber_delta": 0.05}), data, descriptors, 11)
               for task in ("size", "shape")}
     size_model = fitted["size"].estimators[0].regressor_

@@ -201,8 +201,9 @@ def test_design_beyond_the_training_data_is_flagged(predictor):
 
 
 def test_tree_blend_and_correction_are_saved_and_predict_applies_them(tmp_path, table, dataset, descriptors):
-    cfg = resolve("tiny", {"folds": [0], "epochs": 1, "threads": 1, "tree_blend": 0.4, "blend_models": ["lgbm", "et"],
-                           "lgbm_seeds": 2, "series_correction": True, "save_path": str(tmp_path / "blend")})
+    cfg = resolve("tiny", {"folds": [0], "epochs": 1, "threads": 2, "calibration_folds": 2, "tree_blend": 0.4,
+                           "blend_models": ["lgbm", "et"], "lgbm_seeds": 2, "series_correction": True,
+                           "save_path": str(tmp_path / "blend")})
     run = run_experiment(cfg)
     saved = load_fold_models(run / "fold0.pt", descriptors)
     assert [[type(m).__name__ for m in blended.models] for blended in saved.trees.models] == [["Booster"] * 2,
