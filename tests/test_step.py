@@ -10,6 +10,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from nanocrystal.config import resolve
 from nanocrystal.encode import encode, fit_encoder
 from nanocrystal.engine import EMA, descriptor_mask, make_optimizer, shape_loss, train_step
+from nanocrystal.model import fast_dropout
 from nanocrystal.runs import fold_data, make_model_factory
 from nanocrystal.splits import paper_folds
 
@@ -53,6 +54,32 @@ def test_packed_tokens_give_the_padded_models_outputs_and_gradients(rows, descri
     # a row's output does not depend on the other rows of its batch (no padding leaks in)
     alone = packed(batch.index(torch.arange(3)))["size"]
     torch.testing.assert_close(alone, outputs[1]["size"][:3], rtol=1e-5, atol=1e-5)
+
+
+def test_fast_dropout_drops_at_rate_p_and_scales_what_it_keeps():
+    x = torch.ones(400, 256, requires_grad=True)
+    torch.manual_seed(0)
+    out = fast_dropout(x, 0.1, training=True)
+    kept = out != 0
+    assert out[kept].unique().tolist() == pytest.approx([1 / 0.9])
+    assert (~kept).float().mean().item() == pytest.approx(0.1, abs=0.003)  # 102,400 draws: sd 0.001
+    assert out.mean().item() == pytest.approx(1.0, abs=0.01)
+    out.sum().backward()
+    assert torch.equal(x.grad, out.detach())  # the gradient passes through the same mask and scale
+    assert not torch.equal(kept, fast_dropout(x, 0.1, training=True) != 0)  # a new mask each call
+    assert fast_dropout(x, 0.1, training=False) is x and fast_dropout(x, 0.0, training=True) is x
+    odd = fast_dropout(torch.ones(3, 5), 0.5, training=True)  # a size that is not a multiple of four
+    assert odd.shape == (3, 5) and set(odd.unique().tolist()) <= {0.0, 2.0}
+
+
+def test_packed_tokens_apply_dropout_in_training_only(rows, descriptors):
+    _, batch = rows
+    padded, packed = two_models(rows, descriptors, dropout=0.1)
+    packed.train()
+    first, second = (packed(batch)["size"] for _ in range(2))
+    assert not torch.allclose(first, second)  # new masks each step
+    packed.eval(), padded.eval()
+    torch.testing.assert_close(packed(batch)["size"], padded(batch)["size"], rtol=1e-5, atol=1e-5)
 
 
 def test_the_host_side_ema_is_torchs_averaged_model_to_the_bit(rows, descriptors):
