@@ -48,19 +48,29 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .descriptors import load_descriptors
-    from .recipes import RecipeError, load_shapes, pool_counts, read_table
+    from .predict import read_recipes
+    from .recipes import EMPTY_NAME, NAME_COLUMNS, RecipeError, load_shapes, pool_counts, read_table
 
+    shapes = None
     try:
         shapes = load_shapes(args.shapes)
-        table = read_table(args.file, len(shapes))
+        # --predict: the layout `predict` reads (labels and unused slots may be absent; CSV or xlsx)
+        table = read_recipes(args.file, shapes).table if args.predict else read_table(args.file, len(shapes))
     except RecipeError as error:
         print("\n".join(error.problems), file=sys.stderr)
         if len(error.problems) > 1:
             print(f"{args.file}: {len(error.problems)} problem(s)", file=sys.stderr)
+        if shapes is not None and not args.predict and _reads_for_predict(args.file, shapes):
+            print(f"{args.file}: a valid input for predict (labels or slots left out): check it with "
+                  "validate --predict", file=sys.stderr)
         return 2
-    counts = pool_counts(table)
-    print(f"{args.file}: {counts['rows']:,} rows")
-    print("  pools: " + ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "rows"))
+    print(f"{args.file}: {len(table):,} rows")
+    if args.predict:
+        reagents = (table[list(NAME_COLUMNS)] != EMPTY_NAME).sum(axis=1)
+        print(f"  reagents a recipe: {reagents.min()} to {reagents.max()}")
+    else:
+        counts = pool_counts(table)
+        print("  pools: " + ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "rows"))
     products = table.loc[~table["failed"], "T2"].value_counts()
     print(f"  products: {len(products):,} (most rows: " + ", ".join(f"{n} {c}" for n, c in products.head(5).items())
           + ")")
@@ -72,6 +82,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
             for name, count in missing.most_common():
                 print(f"    {name}: {count}")
     return 0
+
+
+def _reads_for_predict(path: str, shapes: list[str]) -> bool:
+    from .predict import read_recipes
+    from .recipes import RecipeError
+
+    try:
+        read_recipes(path, shapes)
+    except RecipeError:
+        return False
+    return True
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -263,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("file")
     validate.add_argument("--feats", default=None, help="descriptor .pkl: also report substances without one")
     validate.add_argument("--shapes", default=str(ROOT / "data" / "shapes_list.txt"))
+    validate.add_argument("--predict", action="store_true",
+                          help="check a file to predict: labels and unused reagent slots may be left out; .xlsx too")
     validate.set_defaults(handler=cmd_validate)
 
     convert = commands.add_parser("convert", help="turn the human-readable recipe sheet (xlsx) into the model CSV")

@@ -37,6 +37,28 @@ def test_validate_broken_copy_names_each_problem(recipes_path, tmp_path, capsys)
                    f"{broken}: 3 problem(s)"]
 
 
+def test_validate_checks_a_predict_input_with_predict(tmp_path, capsys):
+    """A file to predict leaves out labels and unused slots: the training layout refuses it and says so; --predict
+    accepts it, and names a bad cell by row and column."""
+    from nanocrystal.config import ROOT
+
+    example = ROOT / "examples" / "recipes.csv"
+    assert main(["validate", str(example)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert f"{example}:1:Y1: missing required column" in err
+    assert err[-1] == f"{example}: a valid input for predict (labels or slots left out): check it with validate --predict"
+    assert main(["validate", str(example), "--predict"]) == 0
+    out = capsys.readouterr().out
+    assert f"{example}: 6 rows" in out and "PbSe 3" in out and "reagents a recipe: 4 to 6" in out
+    frame = pd.read_csv(example, dtype=str, keep_default_na=False)
+    frame.loc[1, "Time"] = "soon"
+    broken = tmp_path / "broken.csv"
+    frame.to_csv(broken, index=False)
+    assert main(["validate", str(broken), "--predict"]) == 2
+    err = capsys.readouterr().err
+    assert f"{broken}:3:Time:" in err and "check it with validate --predict" not in err
+
+
 def test_convert_small_sheet(sheet, tmp_path, capsys):
     """A 5-row sheet with dirty cells: kept rows carry unknown markers, the rest are in the report."""
     small = sheet.head(5).copy()
