@@ -385,6 +385,16 @@ def retrain_hint(path: Path) -> str:
     return f"re-train the run (python train.py --config {path.parent / 'config.json'} --save_path NEW)"
 
 
+# torch.save writes a zip archive; before torch 1.6 it wrote a pickle that opens with this magic number
+TORCH_HEADERS = (b"PK\x03\x04", b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19")
+
+
+def has_torch_header(path: Path) -> bool:
+    with path.open("rb") as file:
+        head = file.read(16)
+    return head.startswith(TORCH_HEADERS)
+
+
 def read_checkpoint(path: Path) -> dict:
     """A fold checkpoint's contents (weights_only: no code runs on load). Every way a file can fail to load is a
     CheckpointError naming it; torch's own text is not passed on, as it suggests turning the safe loader off."""
@@ -396,11 +406,13 @@ def read_checkpoint(path: Path) -> dict:
             with warnings.catch_warnings():  # e.g. about the pickle protocol of a file that is no checkpoint
                 warnings.simplefilter("ignore")
                 checkpoint = torch.load(path, weights_only=True, map_location="cpu")
-        except pickle.UnpicklingError as error:  # torch's safe unpickler refuses, or the bytes are no pickle
-            reason = ("holds Python objects other than tensors and plain data, which could run code: refused"
-                      if "GLOBAL" in str(error) else "not a PyTorch checkpoint")
-        except Exception:  # a damaged file fails in torch's reader in many ways (RuntimeError, EOFError, ...)
-            reason = "damaged or truncated: not a readable PyTorch checkpoint"
+        except Exception as error:  # torch's reader fails in many ways (UnpicklingError, RuntimeError, EOFError, ...)
+            if not has_torch_header(path):  # random bytes may read as any pickle opcode, GLOBAL included
+                reason = "not a PyTorch checkpoint"
+            elif isinstance(error, pickle.UnpicklingError) and "GLOBAL" in str(error):  # the safe unpickler refuses
+                reason = "holds Python objects other than tensors and plain data, which could run code: refused"
+            else:
+                reason = "damaged or truncated: not a readable PyTorch checkpoint"
     if reason is None and isinstance(checkpoint, dict) and "lgbm" in checkpoint:
         # its LightGBM model predicts nm; the blend's trees now predict log(size)
         raise CheckpointError(f"{path}: written by an older version (LightGBM blend); re-run it: "
