@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-RUNS = ["transformer", "transformer-pretrain", "lgbm", "lgbm-product", "et", "et-product"]
+RUNS = ["transformer", "transformer-pretrain", "lgbm", "lgbm-product", "et", "et-product", "lgbm-product-chemistry"]
 WEIGHTS = (0.0, 0.3, 0.5, 0.7, 0.8, 1.0)
 
 

@@ -31,9 +31,11 @@ from nanocrystal.baselines import featurizer, inner_splits, make_estimator  # no
 from nanocrystal.config import ROOT, Config, resolve  # noqa: E402
 from nanocrystal.correction import SeriesCorrection  # noqa: E402
 from nanocrystal.descriptors import load_descriptors  # noqa: E402
+from nanocrystal.features import CHEMISTRY_BLOCKS, CHEMISTRY_NAMES, chemistry_columns  # noqa: E402
 from nanocrystal.recipes import load_dataset  # noqa: E402
 from nanocrystal.runs import FoldData, fit_neural_fold, fold_data  # noqa: E402
 from nanocrystal.splits import combined_table, make_folds  # noqa: E402
+from nanocrystal.substances import package_chemistry  # noqa: E402
 
 # name -> (model, parameters over baselines.FIXED, log target, weak-row weight)
 VARIANTS = {
@@ -43,6 +45,9 @@ VARIANTS = {
     "lgbm_log_huber": ("lgbm", dict(objective="huber", alpha=0.15), True, 0.1),
     "lgbm_log_huber_a05": ("lgbm", dict(objective="huber", alpha=0.05), True, 0.1),  # --lgbm_huber_delta 0.05
     "lgbm_log_huber_a30": ("lgbm", dict(objective="huber", alpha=0.3), True, 0.1),
+    "lgbm_log_huber_a05_leaf20": ("lgbm", dict(objective="huber", alpha=0.05, min_child_samples=20), True, 0.1),
+    # size never falls with reaction time (Time and log_time, feature columns 3 and 4); "monotone" names the columns
+    "lgbm_log_huber_a05_mono": ("lgbm", dict(objective="huber", alpha=0.05, monotone=(3, 4)), True, 0.1),
     "rf_log": ("rf", {}, True, 0.3),
     "et_log": ("et", {}, True, 1.0),
     "et_log_200": ("et", dict(n_estimators=200), True, 1.0),
@@ -58,9 +63,10 @@ CORRECTION_GRID = [(scale, shrink) for scale in (0.25, 0.5, 1.0) for shrink in (
 
 
 def inner_parts(cfg: Config, dataset):
-    """(outer fold, inner index, FoldData of the inner fit and scored rows) for every inner fold."""
+    """(outer fold, inner index, FoldData of the inner fit and scored rows) for every inner fold; on the grouped split
+    the inner folds are grouped by recipe series too (`splits.inner_groups`)."""
     table = combined_table(dataset)
-    for fold in make_folds(table, "paper", cfg.n_folds, cfg.seed, []):
+    for fold in make_folds(table, cfg.split, cfg.n_folds, cfg.seed, []):
         data = fold_data(cfg, table, fold, dataset.n_shapes)
         weak = np.asarray(data.train_weak, bool)
         for inner, (fit_rows, scored_rows) in enumerate(inner_splits(replace(cfg, model="lgbm"), data.train, weak)):
@@ -70,16 +76,26 @@ def inner_parts(cfg: Config, dataset):
             yield fold.index, inner, part
 
 
-def tree_predictions(cfg: Config, part: FoldData, variants: list[str], threads: int, model_seeds: list[int]
-                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def chemistry_blocks(table: pd.DataFrame, blocks: list[str]) -> np.ndarray:
+    """The columns of these blocks of features.chemistry_columns (--chemistry_features is all three)."""
+    wanted = [name for block in blocks for name in CHEMISTRY_BLOCKS[block]]
+    return chemistry_columns(table, package_chemistry())[:, [CHEMISTRY_NAMES.index(name) for name in wanted]]
+
+
+def tree_predictions(cfg: Config, part: FoldData, variants: list[str], threads: int, model_seeds: list[int],
+                     chemistry: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Each variant's predictions for the scored rows and for its own fit rows, averaged over the model seeds."""
     store = load_descriptors(cfg.feats_path)
     features = featurizer(cfg, store).fit(part.train)
-    x_train, x_valid = features.transform(part.train), features.transform(part.valid)
+    x_train, x_valid = (np.hstack([features.transform(rows), chemistry_blocks(rows, chemistry)])
+                        for rows in (part.train, part.valid))
     y_train = part.train["Y1"].to_numpy(float)
     scored, own = {}, {}
     for name in variants:
         model, params, log_target, weak_weight = VARIANTS[name]
+        if "monotone" in params:
+            increasing = np.isin(np.arange(x_train.shape[1]), params["monotone"]).astype(int)
+            params = {**{k: v for k, v in params.items() if k != "monotone"}, "monotone_constraints": list(increasing)}
         weights = np.where(part.train_weak, weak_weight, 1.0)
         each_scored, each_own = [], []
         for seed in model_seeds if model == "lgbm" else model_seeds[:1]:  # as --lgbm_seeds
@@ -127,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--transformer_splits", type=int, default=1, help="inner folds per outer fold (0: none)")
     parser.add_argument("--data_dir", default=str(ROOT / "data"))
+    parser.add_argument("--split", default="paper", choices=["paper", "grouped"],
+                        help="the outer split; on grouped, inner folds hold out whole recipe series")
+    parser.add_argument("--chemistry", nargs="*", default=[], choices=list(CHEMISTRY_BLOCKS),
+                        help="blocks of the chemistry columns appended to the trees' features")
     parser.add_argument("--out", default="", help="CSV of every scored row's predictions")
     parser.add_argument("--model_seed", type=int, default=0,
                         help="the tree models' random state (the splits keep seed 0): how much a figure is seed noise")
@@ -138,14 +158,15 @@ def main(argv: list[str] | None = None) -> int:
         unknown = set(corrected_blend.split("+")) - set(VARIANTS)
         if unknown:
             parser.error(f"--corrected_blends {corrected_blend}: unknown variants {', '.join(sorted(unknown))}")
-    cfg = resolve("cpu", {"data_dir": args.data_dir, "tree_blend": 0.0, "series_correction": False, "workers": 1})
+    cfg = resolve("cpu", {"data_dir": args.data_dir, "split": args.split, "tree_blend": 0.0, "series_correction": False, "workers": 1})
     start = time.time()
     dataset = load_dataset(cfg.data_dir)
     parts = list(inner_parts(cfg, dataset))
     frames, own, neural = [], [], []
     for outer, inner, part in parts:
         trees, trees_own = tree_predictions(cfg, part, args.variants, threads=2,
-                                             model_seeds=list(range(args.model_seed, args.model_seed + args.seeds)))
+                                             model_seeds=list(range(args.model_seed, args.model_seed + args.seeds)),
+                                             chemistry=args.chemistry)
         frames.append(pd.DataFrame({"outer": outer, "inner": inner, "ID": part.valid["ID"],
                                     "true": part.valid["Y1"].to_numpy(float), **trees}))
         own.append(trees_own)

@@ -34,6 +34,7 @@ from .features import RecipeFeaturizer
 from .metrics import shape_metrics, size_metrics
 from .progress import Progress
 from .splits import inner_groups, inner_pool
+from .substances import package_chemistry
 
 INNER_FOLDS = 3
 
@@ -120,7 +121,7 @@ def make_estimator(model: str, task: str, params: dict[str, Any], seed: int, n_j
 
 def featurizer(cfg: Config, store: DescriptorStore) -> RecipeFeaturizer:
     return RecipeFeaturizer(store, cfg.descriptor_pca, cfg.substance_columns, cfg.use_product, cfg.size_as_input,
-                            cfg.seed)
+                            cfg.seed, dict(package_chemistry()) if cfg.chemistry_features else None)
 
 
 def n_threads(cfg: Config) -> int:
@@ -439,9 +440,11 @@ class TreeBlend:
     def predict(self, table: pd.DataFrame) -> np.ndarray:
         return np.mean([model.predict(table) for model in self.models], axis=0)
 
-    def with_substances(self, vectors: dict[str, np.ndarray]) -> "TreeBlend":
-        """The same models, their features also describing `vectors`' substances (predict's new substances)."""
-        return TreeBlend([replace(m, features=m.features.with_substances(vectors)) for m in self.models])
+    def with_substances(self, vectors: dict[str, np.ndarray],
+                        chemistry: dict[str, tuple[str, str]] | None = None) -> "TreeBlend":
+        """The same models, their features also describing `vectors`' substances (predict's new substances) and
+        `chemistry`'s (formula, kind) where they read them."""
+        return TreeBlend([replace(m, features=m.features.with_substances(vectors, chemistry)) for m in self.models])
 
     def log_spread(self, table: pd.DataFrame) -> np.ndarray:
         """Size: the mean over the models of the spread (standard deviation) of their members' log(size)."""

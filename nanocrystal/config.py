@@ -73,6 +73,7 @@ class Config:
     amount_scaling: str = "log"  # log | robust (upstream)
     descriptor_pca: int = 8  # tree baselines: PCA components of each descriptor block (fitted on training rows)
     substance_columns: int = 60  # tree baselines: log amount of each of the N most frequent training substances
+    chemistry_features: bool = False  # tree baselines: product composition, amounts by role, element ratios
 
     # model
     d_model: int = 32

@@ -44,7 +44,7 @@ from .recipes import (AMOUNT_COLUMNS, CONDITION_COLUMNS, EMPTY_NAME, LABEL_COLUM
                       read_frame)
 from .runs import NEURAL_MODELS, CheckpointError, blend, load_fold_models, neural_spread
 from .splits import combined_table, run_folds, task_rows
-from .substances import is_table, merged_substances, new_substance_vectors, rename_substance
+from .substances import chemistry_of, is_table, merged_substances, new_substance_vectors, rename_substance
 from .uncertainty import FoldCalibration, ShapeCalibration, SizeCalibration, set_labels, shift_quantile
 
 if TYPE_CHECKING:  # LightGBM is imported only when a run has a blend (runs.load_fold_models)
@@ -442,7 +442,8 @@ class Predictor:
             self.size.shifts = load_shifts(self.size)
         size, shape = (None if run is None else
                        extend_run(run, new_substance_vectors(run.cfg.descriptors, run.cfg.feats_path,
-                                                             described["name"].tolist(), described))
+                                                             described["name"].tolist(), described),
+                                  chemistry_of(described))
                        for run in (self.size, self.shape))
         return replace(self, size=size, shape=shape, imputed=self.imputed | frozenset(described["name"]))
 
@@ -471,9 +472,10 @@ SHIFT_ROWS = 40  # training rows per substance and fold (a seeded sample)
 NEW_SUFFIX = " (as new)"
 
 
-def extend_run(run: Run, vectors: dict[str, np.ndarray]) -> Run:
+def extend_run(run: Run, vectors: dict[str, np.ndarray], chemistry: dict[str, tuple[str, str]] | None = None) -> Run:
     """A copy of the run whose folds know `vectors`' substances: appended to each encoder's vocabulary, each member's
-    descriptor table (model.add_substances) and each tree model's store. The run itself is unchanged."""
+    descriptor table (model.add_substances) and each tree model's store, and their (formula, kind) `chemistry` to
+    the tree models' chemistry columns. The run itself is unchanged."""
     names = [n for n in vectors if n not in run.folds[0].encoder.vocabulary]
     if not names:
         return run
@@ -483,7 +485,8 @@ def extend_run(run: Run, vectors: dict[str, np.ndarray]) -> Run:
         members = [deepcopy(member) for member in fold.members]
         for member in members:
             member.add_substances(rows)
-        trees = None if fold.trees is None else fold.trees.with_substances(dict(zip(names, rows.numpy())))
+        trees = (None if fold.trees is None else
+                 fold.trees.with_substances(dict(zip(names, rows.numpy())), chemistry))
         folds.append(replace(fold, encoder=fold.encoder.with_substances(names), members=members, trees=trees))
     return replace(run, folds=folds)
 
@@ -508,16 +511,18 @@ def substance_shifts(run: Run) -> np.ndarray:
         train = table.iloc[positions[fold.name]]
         names = pd.Series(train[list(NAME_COLUMNS)].to_numpy().ravel()).value_counts().index
         frequent = [n for n in names if n in set(described["name"])][:SHIFT_SUBSTANCES]
-        trained_rows, renamed_rows, vectors = [], [], {}
+        trained_rows, renamed_rows, vectors, chemistry = [], [], {}, {}
         for name in frequent:  # each sampled row gets one substance renamed; one prediction per fold for them all
             rows = train[(train[list(NAME_COLUMNS)] == name).any(axis=1)]
             rows = rows.sample(min(SHIFT_ROWS, len(rows)), random_state=0)
             new = name + NEW_SUFFIX
-            vectors |= new_substance_vectors(run.cfg.descriptors, run.cfg.feats_path, [new],
-                                             described[described["name"] == name].assign(name=new), leave_out=(name,))
+            as_new = described[described["name"] == name].assign(name=new)
+            vectors |= new_substance_vectors(run.cfg.descriptors, run.cfg.feats_path, [new], as_new,
+                                             leave_out=(name,))
+            chemistry |= chemistry_of(as_new)
             trained_rows.append(rows)
             renamed_rows.append(rename_substance(rows, name, new))
-        (moved,) = extend_run(replace(run, folds=[fold]), vectors).folds
+        (moved,) = extend_run(replace(run, folds=[fold]), vectors, chemistry).folds
         trained = np.mean([p["size"] for p in fold_outputs(run.cfg, fold, pd.concat(trained_rows))], axis=0)
         renamed = np.mean([p["size"] for p in fold_outputs(run.cfg, moved, pd.concat(renamed_rows))], axis=0)
         shifts.append(np.abs(np.log(renamed / trained)))

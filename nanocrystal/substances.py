@@ -176,6 +176,39 @@ def _element_table() -> np.ndarray:
     return table
 
 
+@functools.lru_cache(maxsize=None)
+def formula_atoms(formula: str) -> dict[str, float]:
+    """Atoms per formula unit by element symbol (pymatgen); {} for what is no formula."""
+    from pymatgen.core import Composition
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return {str(symbol): float(n) for symbol, n in Composition(formula).get_el_amt_dict().items()}
+    except Exception:  # as element_fractions
+        return {}
+
+
+@functools.lru_cache(maxsize=None)
+def electronegativity(symbol: str) -> float:
+    from pymatgen.core import Element
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # noble gases have none: nan
+        return float(Element(symbol).X)
+
+
+def chemistry_of(substances: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """Name -> (formula, kind) of a substances table: what the trees' chemistry columns read
+    (features.chemistry_columns). A SMILES-only row gets its SMILES' formula."""
+    return {row.name: (formula_of(row), row.kind) for row in substances.itertuples(index=False)}
+
+
+@functools.lru_cache(maxsize=1)
+def package_chemistry() -> dict[str, tuple[str, str]]:
+    return chemistry_of(package_substances())
+
+
 def composition_vector(formula: str) -> np.ndarray:
     """Element fractions (H..Pu), then the fraction-weighted mean, standard deviation, minimum and maximum of each
     element property."""

@@ -1,6 +1,7 @@
 """Baselines: trees and their recipe vector, the MLP and LSTM, on small slices of the real data (seconds)."""
 from __future__ import annotations
 
+import io
 import json
 from types import SimpleNamespace
 
@@ -16,12 +17,13 @@ from nanocrystal.config import resolve
 from nanocrystal.descriptors import DescriptorStore
 from nanocrystal.encode import encode, fit_encoder
 from nanocrystal.engine import ensemble_predict, train_member
-from nanocrystal.features import USED_NAMES, RecipeFeaturizer
+from nanocrystal.features import CHEMISTRY_NAMES, USED_NAMES, RecipeFeaturizer, chemistry_columns
 from nanocrystal.model import MODELS
 from nanocrystal.predict import load_predictor
 from nanocrystal.recipes import is_solid, series_keys
 from nanocrystal.runs import NEURAL_MODELS, load_fold_models, make_model_factory, run_experiment
 from nanocrystal.splits import paper_folds, task_rows
+from nanocrystal.substances import package_chemistry
 
 
 @pytest.fixture(scope="module")
@@ -279,3 +281,68 @@ def test_forest_tensors_predict_as_sklearn(fold_slice, descriptors, model):
     classifier = ExtraTreesClassifier(n_estimators=5, random_state=0).fit(x_train, train["Y3"])
     np.testing.assert_allclose(Forest.from_state(forest_state(classifier), classifier=True).predict(x_valid),
                                classifier.predict_proba(x_valid), rtol=1e-12, atol=1e-12)
+
+
+CHEMISTRY = {"PbO": ("PbO", "inorganic"), "Se": ("Se", "inorganic"), "OA": ("C18H34O2", "organic"),
+             "ODE": ("C18H36", "organic"), "PbSe": ("PbSe", "inorganic"), "Au": ("Au", "inorganic")}
+
+
+def _recipe(table, product, substances):
+    row = table.iloc[[0]].copy()
+    row[USED_NAMES] = "PlaceHolder"
+    row[[name.replace("2", "1") for name in USED_NAMES]] = 0.0
+    for (name, amount), slot in zip(substances, "ABCDEFGHIJ"):
+        row[f"{slot}2"], row[f"{slot}1"] = name, amount
+    row["T2"] = product
+    return row
+
+
+def test_chemistry_columns_read_formulas_amounts_and_roles(table):
+    recipes = pd.concat([_recipe(table, "PbSe", [("PbO", 1.0), ("Se", 2.0), ("OA", 3.0), ("ODE", 10.0)]),
+                         _recipe(table, "Au", [("OA", 1.0), ("Unlisted", 4.0)]),
+                         _recipe(table, "NoSuchFormula-1", [("PbO", 1.0)])], ignore_index=True)
+    columns = pd.DataFrame(chemistry_columns(recipes, CHEMISTRY), columns=CHEMISTRY_NAMES)
+    pbse, au, unknown = (columns.iloc[i] for i in range(3))
+    assert pbse["product_n_elements"] == 2 and pbse["product_mean_Z"] == pytest.approx((82 + 34) / 2 / 100)
+    assert pbse["product_max_X"] == pytest.approx(2.55 / 4) and pbse["product_min_X"] == pytest.approx(2.33 / 4)
+    # Pb (the less electronegative) from PbO only, Se from Se; twice the product's Se:Pb ratio of 1
+    assert pbse["log_cation_mmol"] == pytest.approx(np.log1p(1.0))
+    assert pbse["log_anion_mmol"] == pytest.approx(np.log1p(2.0))
+    assert pbse["log_cation_anion_excess"] == pytest.approx(np.log(1.0001 / 2.0001))
+    assert (pbse["log_organic_mmol"], pbse["log_precursor_mmol"]) == pytest.approx((np.log1p(13.0), np.log1p(3.0)))
+    assert pbse["log_organic_per_precursor"] == pytest.approx(np.log(13.001 / 3.001))
+    assert pbse["log_largest_share"] == pytest.approx(np.log(10 / 16))
+    assert (pbse["n_organic"], pbse["n_precursor"]) == (2, 2)
+    # a metal: its atoms only (none here: the unlisted substance counts as a precursor without atoms), no ratio
+    assert au["product_n_elements"] == 1 and au["log_cation_mmol"] == 0.0
+    assert np.isnan(au["log_anion_mmol"]) and np.isnan(au["log_cation_anion_excess"])
+    assert (au["n_organic"], au["n_precursor"]) == (1, 1)
+    # a product without a formula: its columns are missing values for the trees, the roles are still there
+    product_columns = [name for name in CHEMISTRY_NAMES if name.startswith("product_")]
+    assert unknown[product_columns].isna().all() and unknown["n_precursor"] == 1
+
+
+def test_chemistry_features_round_trip_and_take_new_substances(fold_slice, descriptors, table):
+    train, valid = fold_slice
+    plain = RecipeFeaturizer(descriptors, 4, 5).fit(train)
+    featurizer = RecipeFeaturizer(descriptors, 4, 5, chemistry=dict(package_chemistry())).fit(train)
+    x = featurizer.transform(valid)
+    assert featurizer.feature_names_ == plain.feature_names_ + CHEMISTRY_NAMES
+    np.testing.assert_array_equal(x[:, :len(plain.feature_names_)], plain.transform(valid))
+    state = torch.load(_saved(featurizer.to_state()), weights_only=True)  # what a checkpoint holds
+    np.testing.assert_array_equal(RecipeFeaturizer.from_state(state, descriptors).transform(valid), x)
+    assert "chemistry" not in plain.to_state()
+    # a substance given by formula at predict time reaches the element columns
+    recipe = _recipe(table, "PbSe", [("NewPb", 1.0), ("Se", 2.0), ("ODE", 10.0)])
+    cation = featurizer.feature_names_.index("log_cation_mmol")
+    assert featurizer.transform(recipe)[0, cation] == 0.0
+    told = featurizer.with_substances({}, {"NewPb": ("Pb(C2H3O2)2", "metal-organic")})
+    assert told.transform(recipe)[0, cation] == pytest.approx(np.log1p(1.0))
+    assert featurizer.transform(recipe)[0, cation] == 0.0  # the fitted featurizer is unchanged
+
+
+def _saved(state):
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
