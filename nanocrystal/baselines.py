@@ -176,7 +176,8 @@ def inner_splits(cfg: Config, train: pd.DataFrame, weak: np.ndarray,
 
 
 def fit_predict(cfg: Config, store: DescriptorStore, train: pd.DataFrame, weak: np.ndarray, tests: list[pd.DataFrame],
-                choices: list[Candidate], n_shapes: int) -> list[list[dict[str, np.ndarray]]]:
+                choices: list[Candidate], n_shapes: int, shots: np.ndarray | None = None
+                ) -> list[list[dict[str, np.ndarray]]]:
     """Featurize once (fitted on `train` only), then for each candidate fit and predict every table of `tests`."""
     features = featurizer(cfg, store).fit(train)
     x_train = features.transform(train)
@@ -184,7 +185,7 @@ def fit_predict(cfg: Config, store: DescriptorStore, train: pd.DataFrame, weak: 
     y_train = targets(cfg.task, train)
     results = []
     for choice in choices:
-        estimator = fit_estimator(cfg, choice, x_train, y_train, weak)
+        estimator = fit_estimator(cfg, choice, x_train, y_train, weak, shots=shots)
         results.append([predict(cfg.task, estimator, x, n_shapes) for x in x_tests])
     return results
 
@@ -197,23 +198,32 @@ def loss_params(cfg: Config) -> dict[str, Any]:
     return {}
 
 
+def sample_weights(cfg: Config, choice: Candidate, weak: np.ndarray, shots: np.ndarray | None) -> np.ndarray | None:
+    """A weak row weighs the candidate's weak-row weight, a recipe of the held-out product in a few-shot fold
+    (`shots`) `cfg.shot_weight` times its weight; None when every row weighs 1 (HistGradientBoosting is 2-3x slower
+    with weights)."""
+    weights = np.where(weak, choice.weak_weight, 1.0)
+    if shots is not None:
+        weights = np.where(shots, cfg.shot_weight * weights, weights)
+    return None if np.all(weights == 1.0) else weights
+
+
 def fit_estimator(cfg: Config, choice: Candidate, x_train: np.ndarray, y_train: np.ndarray, weak: np.ndarray,
-                  seed: int | None = None):
+                  seed: int | None = None, shots: np.ndarray | None = None):
     params = {**choice.params, **loss_params(cfg)}
     estimator = make_estimator(cfg.model, cfg.task, params, cfg.seed if seed is None else seed, n_threads(cfg))
-    # no weights at all when every row weighs 1: HistGradientBoosting is 2-3x slower with them
-    weights = None if choice.weak_weight == 1.0 else np.where(weak, choice.weak_weight, 1.0)
-    return estimator.fit(x_train, y_train, sample_weight=weights)
+    return estimator.fit(x_train, y_train, sample_weight=sample_weights(cfg, choice, weak, shots))
 
 
 def select(cfg: Config, store: DescriptorStore, train: pd.DataFrame, weak: np.ndarray,
-           n_shapes: int) -> tuple[Candidate, list[dict[str, Any]]]:
+           n_shapes: int, shots: np.ndarray | None = None) -> tuple[Candidate, list[dict[str, Any]]]:
     """The candidate with the best mean inner score, and every candidate's scores."""
     choices = candidates(cfg.model, cfg.task)
     scores = np.zeros((len(choices), 0))
     for fit_rows, scored_rows in inner_splits(cfg, train, weak):
         scored = train.iloc[scored_rows]
-        predictions = fit_predict(cfg, store, train.iloc[fit_rows], weak[fit_rows], [scored], choices, n_shapes)
+        predictions = fit_predict(cfg, store, train.iloc[fit_rows], weak[fit_rows], [scored], choices, n_shapes,
+                                  None if shots is None else shots[fit_rows])
         fold_scores = [inner_score(cfg.task, scored, p[0]) for p in predictions]
         scores = np.column_stack([scores, fold_scores])
     means = scores.mean(axis=1)
@@ -267,12 +277,12 @@ class FittedTree:
 
 
 def fit_chosen(cfg: Config, train: pd.DataFrame, weak: np.ndarray, store: DescriptorStore, candidate: Candidate,
-               selection: dict[str, Any] | None = None) -> FittedTree:
+               selection: dict[str, Any] | None = None, shots: np.ndarray | None = None) -> FittedTree:
     """`cfg.model` with a chosen candidate, fitted on `train` (featurizer included), one fit per seed."""
     with threadpool_limits(limits=n_threads(cfg)):
         features = featurizer(cfg, store).fit(train)
         x_train, y_train = features.transform(train), targets(cfg.task, train)
-        estimators = [fit_estimator(cfg, candidate, x_train, y_train, weak, seed) for seed in model_seeds(cfg)]
+        estimators = [fit_estimator(cfg, candidate, x_train, y_train, weak, seed, shots) for seed in model_seeds(cfg)]
     return FittedTree(features, estimators, candidate, selection or {})
 
 
@@ -283,7 +293,7 @@ def fit_selected(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> Fi
         raise ValueError("tree models do not take augmented rows (--augmented); run them on the original rows")
     weak = np.asarray(data.train_weak, dtype=bool)
     with threadpool_limits(limits=n_threads(cfg)):
-        best, table = select(cfg, store, data.train, weak, n_shapes)
+        best, table = select(cfg, store, data.train, weak, n_shapes, data.train_shots)
     selection = {
         "summary": selection_summary(cfg.model, cfg.task),
         "inner_metric": "1 - accuracy" if cfg.task == "shape" else "mae",
@@ -292,7 +302,7 @@ def fit_selected(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> Fi
         "seeds": model_seeds(cfg),
         "candidates": table,
     }
-    return fit_chosen(cfg, data.train, weak, store, best, selection)
+    return fit_chosen(cfg, data.train, weak, store, best, selection, data.train_shots)
 
 
 # ---- trees beside the transformer (--tree_blend, --blend_models) -----------------------------------------------------
@@ -360,8 +370,7 @@ def blend_rows(cfg: Config, data):
     keep = ~data.train_augmented
     if cfg.task == "shape":
         keep &= ~data.train["failed"].to_numpy()
-    return replace(data, train=data.train[keep].reset_index(drop=True), train_weak=data.train_weak[keep],
-                   train_augmented=data.train_augmented[keep])
+    return data.take(keep)
 
 
 def blend_configs(cfg: Config) -> list[Config]:

@@ -52,6 +52,7 @@ class Config:
     object_name: list[str] = field(default_factory=list)  # leave-one-product-out products
     shots: int = 0  # few-shot: this many recipes of the held-out product join its training rows (with object_name)
     shot_draws: int = 3  # random draws of those recipes per product (one fold each)
+    shot_weight: float = 1.0  # those recipes' sample weight in the tree models' fits (times the weak-row weight)
     seed: int = 0  # split seed (0 = the published split)
     n_folds: int = 5
     folds: list[int] = field(default_factory=list)  # run only these folds (empty = all)
@@ -143,6 +144,9 @@ class Config:
                              f"in the table, not with {self.descriptors}")
         if self.shots and (not self.object_name or self.augmented):
             raise ValueError("--shots needs --object_name (leave-one-product-out) and takes no --augmented rows")
+        if self.shot_weight != 1.0 and not self.shots:
+            raise ValueError(f"--shot_weight {self.shot_weight} weighs the held-out product's recipes in training: "
+                             "it needs --shots")
         if not 0 < self.failure_fraction <= 1:
             raise ValueError(f"--failure_fraction must be in (0, 1], got {self.failure_fraction}")
         if self.correction_scale <= 0 or self.correction_shrink < 0:
@@ -260,7 +264,7 @@ _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "preset": _one_of("", *PRESETS),
     "seed": _at_least(0),  # numpy's seeds are not negative
     "n_folds": _at_least(2),
-    "shots": _at_least(0), "shot_draws": _at_least(1),
+    "shots": _at_least(0), "shot_draws": _at_least(1), "shot_weight": _above(0),
     "folds": ((lambda v: all(i >= 0 for i in v)), "fold indices >= 0"),
     "amount_scaling": _one_of("log", "robust"),
     "descriptor_pca": _at_least(1),

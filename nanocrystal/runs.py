@@ -34,7 +34,7 @@ from .files import write_atomic, write_text
 from .metrics import SHAPE_METRICS, SIZE_METRICS, mean_metrics, shape_metrics, size_metrics
 from .model import MODELS
 from .progress import Progress
-from .recipes import is_solid, load_dataset
+from .recipes import PRODUCT_NAME, is_solid, load_dataset
 from .splits import Fold, combined_table, inner_groups, inner_pool, run_folds, task_rows
 from .substances import is_table, run_store
 from .uncertainty import (CATEGORY_NAMES, SEEN, FoldCalibration, ShapeCalibration, SizeCalibration, coverage,
@@ -136,6 +136,13 @@ class FoldData:
     valid: pd.DataFrame
     train_weak: np.ndarray
     train_augmented: np.ndarray  # rows from augment.py (after the recipe table's own rows)
+    train_shots: np.ndarray | None = None  # few-shot folds: the held-out product's recipes among the training rows
+
+    def take(self, rows: np.ndarray) -> "FoldData":
+        """The same fold with only `rows` (a mask or positions) of its training rows."""
+        return replace(self, train=self.train.iloc[rows].reset_index(drop=True), train_weak=self.train_weak[rows],
+                       train_augmented=self.train_augmented[rows],
+                       train_shots=None if self.train_shots is None else self.train_shots[rows])
 
 
 def inner_fold(table: pd.DataFrame, fold: Fold, cfg: Config) -> Fold:
@@ -170,7 +177,11 @@ def fold_data(cfg: Config, table: pd.DataFrame, fold: Fold, n_shapes: int) -> Fo
         train = pd.concat([train, extra.drop(columns=["source_ID", "augmented"])], ignore_index=True)
         weak = np.concatenate([weak, extra_weak])
         augmented = np.concatenate([augmented, np.ones(len(extra), bool)])
-    return FoldData(train, table.iloc[fold.valid].reset_index(drop=True), weak, augmented)
+    shots = None
+    if cfg.shots:  # the fold's training rows of its held-out product (product_folds puts no other of them there)
+        held_out = table.iloc[fold.valid][PRODUCT_NAME].unique()
+        shots = train[PRODUCT_NAME].isin(held_out).to_numpy()
+    return FoldData(train, table.iloc[fold.valid].reset_index(drop=True), weak, augmented, shots)
 
 
 def make_model_factory(cfg: Config, encoder: Encoder, store: DescriptorStore, n_shapes: int):
@@ -294,7 +305,8 @@ def inner_tree_model(cfg: Config, fitted: list, store: DescriptorStore, n_shapes
 
     def fit_predict(fit: FoldData, scored: pd.DataFrame) -> dict[str, np.ndarray]:
         rows = blend_rows(cfg, fit) if cfg.model in NEURAL_MODELS else fit
-        models = [fit_chosen(c, rows.train, rows.train_weak, store, tree.candidate) for c, tree in zip(configs, fitted)]
+        models = [fit_chosen(c, rows.train, rows.train_weak, store, tree.candidate, shots=rows.train_shots)
+                  for c, tree in zip(configs, fitted)]
         if cfg.task == "shape":
             return {"shape": np.mean([tree.predict(c, scored, n_shapes)["shape"] for c, tree in zip(configs, models)],
                                      axis=0)}
@@ -336,14 +348,11 @@ def calibration_rows(cfg: Config, data: FoldData, fit_predict) -> dict[str, np.n
     `spread`, `proximity`; shape: `probabilities`, `shape`; both: `group` (the inner fold)."""
     from .baselines import inner_splits
 
-    own = ~data.train_augmented
-    rows = replace(data, train=data.train[own].reset_index(drop=True), train_weak=data.train_weak[own],
-                   train_augmented=data.train_augmented[own])
+    rows = data.take(~data.train_augmented)
     parts = []
     for group, (fit_rows, scored_rows) in enumerate(inner_splits(cfg, rows.train, rows.train_weak,
                                                                  cfg.calibration_folds)):
-        fit = replace(rows, train=rows.train.iloc[fit_rows].reset_index(drop=True), train_weak=rows.train_weak[fit_rows],
-                      train_augmented=rows.train_augmented[fit_rows])
+        fit = rows.take(fit_rows)
         scored = rows.train.iloc[scored_rows].reset_index(drop=True)
         prediction = fit_predict(fit, scored)
         part = {"group": np.full(len(scored), group)}

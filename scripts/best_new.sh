@@ -18,9 +18,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 # --shots K... (taken out of the arguments) also runs the few-shot curve: for each K > 0, K random recipes of the
-# product join its training rows (3 draws per product, nested over K) and its other recipes are scored; no intervals
-# for these runs (--calibration_folds 0, the curve is about the error); the table and assets/few_shot.png compare each
-# K with the zero-shot run on the same recipes.
+# product join its training rows at sample weight 10 (--shot_weight; chosen on the proxy products Au, Pd, PbS, InP
+# with bench/few_shot_correction.py: docs/lopo.md) (3 draws per product, nested over K) and its other recipes are
+# scored; no intervals for these runs (--calibration_folds 0, the curve is about the error); the table and
+# assets/few_shot.png compare each K with the zero-shot run on the same recipes.
 source scripts/take_numbers.sh --shots "$@"
 shots=(${numbers[@]+"${numbers[@]}"})
 source scripts/take_save_path.sh "runs/size-lopo-$(date +%Y%m%d-%H%M%S)" ${rest[@]+"${rest[@]}"}
@@ -31,7 +32,8 @@ if [ ${#shots[@]} -gt 0 ]; then
   runs=("$save")
   for k in "${shots[@]}"; do
     [ "$k" = 0 ] && continue
-    bash scripts/run_task.sh size-lopo "${lopo[@]}" --shots "$k" --calibration_folds 0 -- ${user[@]+"${user[@]}"} \
+    bash scripts/run_task.sh size-lopo "${lopo[@]}" --shots "$k" --shot_weight 10 --calibration_folds 0 -- \
+      ${user[@]+"${user[@]}"} \
       --save_path "$save-${k}shot"
     runs+=("$save-${k}shot")
   done

@@ -11,8 +11,8 @@ import pytest
 import torch
 from sklearn.exceptions import NotFittedError
 
-from nanocrystal.baselines import (WEAK_WEIGHTS, candidates, fit_selected, inner_splits, predict,
-                                  predict_mean, selection_summary)
+from nanocrystal.baselines import (WEAK_WEIGHTS, Candidate, candidates, fit_chosen, fit_selected, inner_splits,
+                                  predict, predict_mean, sample_weights, selection_summary)
 from nanocrystal.config import resolve
 from nanocrystal.descriptors import DescriptorStore
 from nanocrystal.encode import encode, fit_encoder
@@ -21,8 +21,8 @@ from nanocrystal.features import CHEMISTRY_NAMES, USED_NAMES, RecipeFeaturizer, 
 from nanocrystal.model import MODELS
 from nanocrystal.predict import load_predictor
 from nanocrystal.recipes import is_solid, series_keys
-from nanocrystal.runs import NEURAL_MODELS, load_fold_models, make_model_factory, run_experiment
-from nanocrystal.splits import paper_folds, task_rows
+from nanocrystal.runs import NEURAL_MODELS, FoldData, fold_data, load_fold_models, make_model_factory, run_experiment
+from nanocrystal.splits import paper_folds, run_folds, task_rows
 from nanocrystal.substances import package_chemistry
 
 
@@ -99,9 +99,9 @@ def test_fold_predictions_ignore_other_validation_rows(fold_slice, descriptors, 
     train, valid = fold_slice
     cfg = resolve("cpu", {"model": "dt", "task": task, "threads": 1})
     weak = ~is_solid(train).to_numpy()
-    first = fit_tree_fold(cfg, SimpleNamespace(train=train, valid=valid, train_weak=weak), descriptors, 11)
+    first = fit_tree_fold(cfg, FoldData(train, valid, weak, np.zeros(len(train), bool)), descriptors, 11)
     changed, store = perturbed(valid, descriptors, slice(20, None))
-    second = fit_tree_fold(cfg, SimpleNamespace(train=train, valid=changed, train_weak=weak), store, 11)
+    second = fit_tree_fold(cfg, FoldData(train, changed, weak, np.zeros(len(train), bool)), store, 11)
     key = "size" if task == "size" else "shape"
     np.testing.assert_array_equal(first[key][:20], second[key][:20])
     assert first["selection"] == second["selection"]
@@ -113,10 +113,33 @@ def test_fold_predictions_ignore_other_validation_rows(fold_slice, descriptors, 
         assert np.isnan(first["failed"]).all()  # no failure rows in this training slice: not modelled
 
 
+def test_few_shot_recipes_weigh_shot_weight_in_the_tree_fits(table, descriptors):
+    """--shot_weight: in a few-shot fold, the held-out product's k recipes among the training rows weigh shot_weight
+    times their weak-row weight; a tree that weighs them up follows them more closely."""
+    cfg = resolve("cpu", {"model": "dt", "object_name": ["Ni"], "shots": 5, "shot_weight": 50.0, "threads": 1})
+    data = fold_data(cfg, table, run_folds(cfg, table)[0], 11)
+    assert data.train_shots.sum() == 5 and set(data.train.loc[data.train_shots, "T2"]) == {"Ni"}
+    kept = data.take(np.flatnonzero(data.train_shots | (np.arange(len(data.train)) % 2 == 0)))
+    assert kept.train_shots.sum() == 5 and set(kept.train.loc[kept.train_shots, "T2"]) == {"Ni"}
+    np.testing.assert_allclose(sample_weights(cfg, Candidate({}, 0.3), data.train_weak, data.train_shots),
+                               np.where(data.train_weak, 0.3, 1.0) * np.where(data.train_shots, 50.0, 1.0))
+    assert sample_weights(cfg, Candidate({}, 1.0), np.zeros(3, bool), None) is None
+    shots = data.train[data.train_shots]
+    log_error = {}
+    for weight in (1.0, 50.0):
+        weighted = resolve("cpu", {"model": "dt", "object_name": ["Ni"], "shots": 5, "shot_weight": weight})
+        tree = fit_chosen(weighted, data.train, data.train_weak, descriptors,
+                          Candidate(dict(min_samples_leaf=10), 1.0), shots=data.train_shots)
+        log_error[weight] = np.abs(np.log(tree.predict(weighted, shots, 11)["size"] / shots["Y1"])).mean()
+    assert log_error[50.0] < 0.5 * log_error[1.0]
+    with pytest.raises(ValueError, match="--shot_weight 2.0 .* needs --shots"):
+        resolve("cpu", {"shot_weight": 2.0})
+
+
 @pytest.mark.parametrize("task", ["size", "shape"])
 def test_lgbm_seeds_average_fits_that_differ_only_in_seed(fold_slice, descriptors, task):
     train, valid = fold_slice
-    data = SimpleNamespace(train=train, valid=valid, train_weak=~is_solid(train).to_numpy())
+    data = FoldData(train, valid, ~is_solid(train).to_numpy(), np.zeros(len(train), bool))
     settings = {"model": "lgbm", "task": task, "threads": 2, "lgbm_huber_delta": 0.0}
     one = fit_selected(resolve("cpu", {**settings, "lgbm_seeds": 1}), data, descriptors, 11)
     three = fit_selected(resolve("cpu", {**settings, "lgbm_seeds": 3}), data, descriptors, 11)
@@ -134,7 +157,7 @@ def test_lgbm_seeds_average_fits_that_differ_only_in_seed(fold_slice, descriptor
 
 def test_lgbm_huber_delta_sets_the_size_loss_only(fold_slice, descriptors):
     train, valid = fold_slice
-    data = SimpleNamespace(train=train, valid=valid, train_weak=~is_solid(train).to_numpy())
+    data = FoldData(train, valid, ~is_solid(train).to_numpy(), np.zeros(len(train), bool))
     fitted = {task: fit_selected(resolve("cpu", {"model": "lgbm", "task": task, "threads": 2, "lgbm_seeds": 1,
                                                  "lgbm_huber_delta": 0.05}), data, descriptors, 11)
               for task in ("size", "shape")}
@@ -177,7 +200,7 @@ def test_augmented_rows_are_refused(fold_slice, descriptors):
     train, valid = fold_slice
     cfg = resolve("cpu", {"model": "dt", "augmented": "somewhere"})
     with pytest.raises(ValueError, match="augmented"):
-        fit_tree_fold(cfg, SimpleNamespace(train=train, valid=valid, train_weak=np.zeros(len(train), bool)),
+        fit_tree_fold(cfg, FoldData(train, valid, np.zeros(len(train), bool), np.zeros(len(train), bool)),
                       descriptors, 11)
 
 
