@@ -9,6 +9,7 @@
 #    with pretraining at upstream's ratio (200 : 8,000). Only the clock chooses it: no validation figure is read.
 # 3. train.py: the paper preset, plus the cpu preset's tree blend and series correction; metrics.json's "stages" holds
 #    the paper model alone, then + trees, then + correction. --eval_every logs upstream's val-selected curve, labelled.
+#    No conformal calibration: it would refit the paper model on 10 inner folds of each fold, 11 times the budget.
 #    The folds run on the Ray backend (a Ray started for the command; each fold a task with 3 CPUs and 0.2 of the GPU;
 #    docs/scale.md), or with --backend local in 5 processes of the local backend (a machine without Ray).
 # Uses the python3 on the PATH (a GPU machine's own torch); the project's requirements must be importable.
@@ -42,7 +43,7 @@ pretrain=$(( epochs / 40 ))
 echo "slowest of $folds concurrent copies: $rate steps/s -> $epochs epochs + $pretrain pretraining epochs per fold"
 start=$(date +%s)
 python3 train.py --task size --preset paper --backend "$backend" --job_gpus 0.2 --workers $folds \
-  --threads 3 --epochs "$epochs" \
+  --threads 3 --epochs "$epochs" --calibration_folds 0 \
   --pretrain_epochs "$pretrain" --eval_every $(( epochs / 10 )) --tree_blend 0.8 --blend_models lgbm et \
   --lgbm_seeds 3 --lgbm_huber_delta 0.05 --series_correction --save_path "$save" ${extra[@]+"${extra[@]}"}
 echo "run folder: $save  (wall time $(( $(date +%s) - start )) s)"
