@@ -191,7 +191,29 @@ def make_model_factory(cfg: Config, encoder: Encoder, store: DescriptorStore, n_
                                encoder.size_center, encoder.size_scale)
 
 
-def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shapes: int, logger, fold_name: str = ""):
+@dataclass
+class NeuralPart:
+    """A fold's transformer: its checkpoint entries and its predictions of the held-out rows (and, for the series
+    correction, of the training rows)."""
+    checkpoint: dict
+    prediction: dict[str, np.ndarray]
+    in_sample: dict[str, np.ndarray] | None
+    curve: list[dict]  # --eval_every: the upstream-style held-out curve, logged and labelled, never used to choose
+    wall_s: float = 0.0
+
+
+@dataclass
+class TreePart:
+    """A blend fold's tree models (checkpoint entries) and their calibration. They read nothing of the transformer, so
+    a fold's two parts can run in separate processes (`FOLD_PARTS`)."""
+    trees: list[dict]
+    calibration: FoldCalibration | None
+    wall_s: float = 0.0
+
+
+def neural_part(cfg: Config, data: FoldData, store: DescriptorStore, n_shapes: int, logger,
+                fold_name: str = "") -> NeuralPart:
+    start = time.time()
     encoder = fit_encoder(data.train, store, cfg.amount_scaling, cfg.use_product, cfg.size_as_input)
     train_batch = encode(data.train, encoder, data.train_weak)
     valid_batch = encode(data.valid, encoder)
@@ -210,11 +232,6 @@ def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shape
         snapshots, _ = train_member(factory, train_batch, cfg, seed=cfg.seed * 1000 + member, on_epoch=on_epoch,
                                     report=report(member))
         members.extend(snapshots)
-    prediction = ensemble_predict(members, valid_batch)
-    # the held-out figure after each stage of the prediction, so a run shows what the trees and the correction add
-    stages = {cfg.model: stage_scores(cfg, data.valid, prediction, n_shapes)}
-    if curve:
-        prediction["val_curve"] = curve
     checkpoint = {
         "config": json.loads(cfg.to_json()),
         "encoder": encoder.to_dict(),
@@ -223,24 +240,50 @@ def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shape
     }
     if not is_table(cfg.descriptors):  # computed vectors: kept, so a later change of substances.csv changes no model
         checkpoint["descriptor_vectors"] = descriptor_matrix(encoder, store)
-    fitted_trees = []
-    if cfg.tree_blend:
-        from .baselines import TreeBlend, blend_state, fit_blend
+    in_sample = ensemble_predict(members, train_batch) if cfg.series_correction and cfg.task == "size" else None
+    return NeuralPart(checkpoint, ensemble_predict(members, valid_batch), in_sample, curve, time.time() - start)
 
-        fitted_trees = fit_blend(cfg, data, store, n_shapes)
-        checkpoint["trees"] = blend_state(cfg, fitted_trees)
-        trees = TreeBlend.from_state(checkpoint["trees"], store, n_shapes)
-        prediction = blend(cfg, prediction, trees.predict(data.valid))
+
+def tree_part(cfg: Config, data: FoldData, store: DescriptorStore, n_shapes: int) -> TreePart:
+    """--tree_blend: the fold's tree models, each chosen by inner CV, and the fold's calibration on their inner
+    refits."""
+    from .baselines import blend_state, fit_blend
+
+    start = time.time()
+    fitted = fit_blend(cfg, data, store, n_shapes)
+    calibration = (calibrate(cfg, data, inner_tree_model(cfg, fitted, store, n_shapes)) if cfg.calibration_folds
+                   else None)
+    return TreePart(blend_state(cfg, fitted), calibration, time.time() - start)
+
+
+def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shapes: int, logger, fold_name: str = "",
+                    parts: tuple[NeuralPart, TreePart | None] | None = None):
+    """A neural fold's prediction of its held-out rows and its checkpoint: the transformer, with --tree_blend the
+    trees, then the series correction and the calibration. `parts`: the transformer and trees already fitted (in
+    separate processes), else fitted here."""
+    neural, trees = parts or (neural_part(cfg, data, store, n_shapes, logger, fold_name),
+                              tree_part(cfg, data, store, n_shapes) if cfg.tree_blend else None)
+    prediction, checkpoint = dict(neural.prediction), dict(neural.checkpoint)
+    # the held-out figure after each stage of the prediction, so a run shows what the trees and the correction add
+    stages = {cfg.model: stage_scores(cfg, data.valid, prediction, n_shapes)}
+    if neural.curve:
+        prediction["val_curve"] = neural.curve
+    if trees is not None:
+        from .baselines import TreeBlend
+
+        checkpoint["trees"] = trees.trees
+        blend_model = TreeBlend.from_state(trees.trees, store, n_shapes)
+        prediction = blend(cfg, prediction, blend_model.predict(data.valid))
         stages["tree_blend"] = stage_scores(cfg, data.valid, prediction, n_shapes)
         # each tree model's inner-CV choice, kept in fold<k>.json
         prediction["selection"] = {f"tree_blend_{entry['model']}": json.loads(entry["selection"])
-                                   for entry in checkpoint["trees"]}
+                                   for entry in trees.trees}
     if cfg.series_correction and cfg.task == "size":
         # the fold's final prediction for its own training rows (the recipe table's rows) gives the residuals
         own = ~data.train_augmented
-        in_sample = ensemble_predict(members, train_batch)
-        if cfg.tree_blend:
-            in_sample = blend(cfg, in_sample, trees.predict(data.train))
+        in_sample = neural.in_sample
+        if trees is not None:
+            in_sample = blend(cfg, in_sample, blend_model.predict(data.train))
         correction = SeriesCorrection.fit(data.train[own], in_sample["size"][own], cfg.correction_scale,
                                           cfg.correction_shrink)
         checkpoint["correction"] = correction.to_state()
@@ -248,13 +291,12 @@ def fit_neural_fold(cfg: Config, data: FoldData, store: DescriptorStore, n_shape
         prediction = {**prediction, "size": prediction["size"] * factors, "size_std": prediction["size_std"] * factors}
         stages["series_correction"] = stage_scores(cfg, data.valid, prediction, n_shapes)
     if cfg.calibration_folds:
-        inner_model = (inner_tree_model(cfg, fitted_trees, store, n_shapes) if fitted_trees
-                       else inner_neural_model(cfg, store, n_shapes, logger))
-        calibration = calibrate(cfg, data, inner_model)
+        calibration = (trees.calibration if trees is not None
+                       else calibrate(cfg, data, inner_neural_model(cfg, store, n_shapes, logger)))
         checkpoint["calibration"] = calibration.to_state()
         spread = None
         if cfg.task == "size":
-            spread = trees.log_spread(data.valid) if fitted_trees else neural_spread(prediction)
+            spread = blend_model.log_spread(data.valid) if trees is not None else neural_spread(prediction)
         prediction = {**prediction, **calibrated_outputs(cfg, calibration, data.valid, prediction, spread)}
     return {**prediction, "stages": stages}, checkpoint
 
@@ -556,9 +598,19 @@ def fold_predictions(cfg: Config, fold: Fold, valid: pd.DataFrame, prediction: d
 
 # ---- the run ---------------------------------------------------------------------------------------------------------
 
-def run_fold(cfg: Config, run_dir: Path, outer: Fold) -> None:
-    """Train and score one fold; its record and checkpoint land in the run folder. Runs in a worker process
-    when folds run in parallel, so it loads what it needs itself."""
+# A blend fold's two parts, for processes of their own: the trees take about as long as the transformer, so 5 folds
+# on 2 workers run as 10 even jobs instead of 2 + 2 + 1 folds with one core idle for the last.
+FOLD_PARTS = ("trees", "neural")
+
+
+def fold_parts(cfg: Config) -> tuple[str, ...]:
+    """The parts a fold of `cfg` runs as (`run_fold_part`), or () when it runs whole."""
+    return FOLD_PARTS if cfg.model in NEURAL_MODELS and cfg.tree_blend else ()
+
+
+def fold_inputs(cfg: Config, run_dir: Path, outer: Fold, announce: bool = True):
+    """What a fold's work reads, loaded in the process that runs it: its logger, the dataset, the descriptors, the
+    fold (the inner one of a tuning run) and its rows."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     logger = make_logger(run_dir)
@@ -566,13 +618,31 @@ def run_fold(cfg: Config, run_dir: Path, outer: Fold) -> None:
     store = run_store(cfg.descriptors, cfg.feats_path)
     table = combined_table(dataset)
     fold = inner_fold(table, outer, cfg) if cfg.inner_val_frac else outer
-    fold_start = time.time()
     data = fold_data(cfg, table, fold, dataset.n_shapes)
-    failed = data.train["failed"].to_numpy()
-    logger.info(f"{fold.name}: {len(data.train)} training rows ({int((data.train_weak & ~failed).sum())} weak, "
-                f"{int(failed.sum())} failed syntheses), {len(data.valid)} validation rows")
+    if announce:
+        failed = data.train["failed"].to_numpy()
+        logger.info(f"{fold.name}: {len(data.train)} training rows ({int((data.train_weak & ~failed).sum())} weak, "
+                    f"{int(failed.sum())} failed syntheses), {len(data.valid)} validation rows")
+    return logger, dataset, store, fold, data
+
+
+def run_fold_part(cfg: Config, run_dir: Path, outer: Fold, part: str) -> NeuralPart | TreePart:
+    """One of `fold_parts(cfg)`, in a worker process; `run_fold` puts a fold's parts together."""
+    logger, dataset, store, fold, data = fold_inputs(cfg, run_dir, outer, announce=part == FOLD_PARTS[0])
+    if part == "trees":
+        return tree_part(cfg, data, store, dataset.n_shapes)
+    return neural_part(cfg, data, store, dataset.n_shapes, logger, fold.name)
+
+
+def run_fold(cfg: Config, run_dir: Path, outer: Fold, parts: dict[str, NeuralPart | TreePart] | None = None) -> None:
+    """Train and score one fold; its record and checkpoint land in the run folder. Runs in a worker process
+    when folds run in parallel, so it loads what it needs itself. `parts`: its `fold_parts`, fitted by
+    `run_fold_part` in other processes (the wall time is theirs added up)."""
+    logger, dataset, store, fold, data = fold_inputs(cfg, run_dir, outer, announce=parts is None)
+    fold_start = time.time() - sum(part.wall_s for part in (parts or {}).values())
     if cfg.model in NEURAL_MODELS:
-        prediction, checkpoint = fit_neural_fold(cfg, data, store, dataset.n_shapes, logger, fold.name)
+        given = (parts["neural"], parts.get("trees")) if parts else None
+        prediction, checkpoint = fit_neural_fold(cfg, data, store, dataset.n_shapes, logger, fold.name, given)
         write_atomic(run_dir / f"{outer.name}.pt", lambda temp: torch.save(checkpoint, temp))
     else:
         from .baselines import fit_selected, member_spread
@@ -688,13 +758,18 @@ def run_experiment(cfg: Config, command: str = "", on_fold: Callable[[dict], Non
                 save_fold_files(run_dir, by_name[name], files)
                 saved(by_name[name])
             ray_map(cfg, [(fold.name, fold_files, (cfg, fold)) for fold in pending], save)
-        elif cfg.workers > 1 and len(pending) > 1:
-            # small models use one core badly; whole folds in parallel processes use them well
+        elif cfg.workers > 1 and len(pending) * max(1, len(fold_parts(cfg))) > 1:
+            # small models use one core badly; whole folds (or their parts) in parallel processes use them well
+            parts = fold_parts(cfg)
             context = multiprocessing.get_context("spawn")
             # leaving the block (done, failed or Ctrl-C) terminates the workers: none trains on unwatched
-            with context.Pool(min(cfg.workers, len(pending)), initializer=quiet_worker) as pool:
-                for fold, result in [(fold, pool.apply_async(run_fold, (cfg, run_dir, fold))) for fold in pending]:
-                    result.get()
+            with context.Pool(min(cfg.workers, len(pending) * max(1, len(parts))), initializer=quiet_worker) as pool:
+                jobs = [(fold, [pool.apply_async(run_fold_part, (cfg, run_dir, fold, part)) for part in parts]
+                         or [pool.apply_async(run_fold, (cfg, run_dir, fold))]) for fold in pending]
+                for fold, results in jobs:
+                    done = [result.get() for result in results]
+                    if parts:  # put together here, while the workers go on with the next parts
+                        run_fold(cfg, run_dir, fold, dict(zip(parts, done)))
                     saved(fold)
                 pool.close()  # done: the workers exit on their own (terminate() would interrupt their clean-up)
                 pool.join()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,13 @@ from nanocrystal.runs import run_experiment
 
 EXAMPLE = ROOT / "examples" / "recipes.csv"
 PBSE = [("PbO", 4.0), ("Se", 4.0), ("ODE", 40.0), ("OLA", 4.0), ("TOP", 4.5), ("OA", 18.0)]
+
+
+@pytest.fixture(autouse=True)
+def keep_main_module(monkeypatch):
+    """AppTest leaves sys.modules["__main__"] as its (deleted) script; a later test's spawned workers would re-run that
+    path, die at start, and the process pool would respawn them forever."""
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,8 @@ from nanocrystal.files import save_csvs
 from nanocrystal.predict import (CACHE_FILE, NEW_PRODUCT, load_predictor, load_run, read_recipes, shape_column,
                                  training_positions)
 from nanocrystal.recipes import ABSOLUTE_ZERO_C, FLOAT32_MAX, MAX_TEMPERATURE_C, RecipeError
-from nanocrystal.runs import fold_data, load_fold_models, run_experiment
+from nanocrystal.runs import (fit_neural_fold, fold_data, load_fold_models, neural_part, run_experiment,
+                             tree_part)
 from nanocrystal.splits import make_folds, run_folds
 
 EXAMPLES = ROOT / "examples"
@@ -200,9 +202,33 @@ def test_design_beyond_the_training_data_is_flagged(predictor):
                                "3 of the 3 candidates are out of domain: their predictions are extrapolations"]
 
 
+def test_a_blend_fold_put_together_from_its_parts_equals_the_fold_fitted_whole(table, dataset, descriptors):
+    """--workers > 1 fits a blend fold's trees and transformer in separate processes: neither may depend on the other
+    (here the trees are fitted first, in the whole fold last)."""
+    cfg = resolve("tiny", {"epochs": 1, "threads": 1, "calibration_folds": 2, "tree_blend": 0.5,
+                           "blend_models": ["lgbm"], "series_correction": True})
+    data = fold_data(cfg, table, make_folds(table, "paper", 5, 0, [])[0], dataset.n_shapes)
+    data = data.take(np.arange(len(data.train)) % 6 == 0)  # a sixth of the training rows: seconds
+    logger = logging.getLogger(__name__)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a fold's process runs (--threads 1): two threads' sums differ in the last bits
+    try:
+        trees = tree_part(cfg, data, descriptors, dataset.n_shapes)
+        parts = (neural_part(cfg, data, descriptors, dataset.n_shapes, logger), trees)
+        together, together_checkpoint = fit_neural_fold(cfg, data, descriptors, dataset.n_shapes, logger, parts=parts)
+        whole, whole_checkpoint = fit_neural_fold(cfg, data, descriptors, dataset.n_shapes, logger)
+    finally:
+        torch.set_num_threads(threads)
+    for key in ("size", "lo", "hi"):
+        np.testing.assert_array_equal(together[key], whole[key])
+    assert together["stages"] == whole["stages"]
+    assert together_checkpoint["trees"][0]["boosters"] == whole_checkpoint["trees"][0]["boosters"]
+
+
 def test_tree_blend_and_correction_are_saved_and_predict_applies_them(tmp_path, table, dataset, descriptors):
-    cfg = resolve("tiny", {"folds": [0], "epochs": 1, "threads": 2, "calibration_folds": 2, "tree_blend": 0.4,
-                           "blend_models": ["lgbm", "et"], "lgbm_seeds": 2, "series_correction": True,
+    # two workers: the fold's trees and transformer in two processes, put together in this one
+    cfg = resolve("tiny", {"folds": [0], "epochs": 1, "workers": 2, "threads": 2, "calibration_folds": 2,
+                           "tree_blend": 0.4, "blend_models": ["lgbm", "et"], "lgbm_seeds": 2, "series_correction": True,
                            "save_path": str(tmp_path / "blend")})
     run = run_experiment(cfg)
     saved = load_fold_models(run / "fold0.pt", descriptors)
