@@ -37,8 +37,7 @@ from nanocrystal.runs import run_experiment  # noqa: E402
 from nanocrystal.splits import combined_table  # noqa: E402
 from nanocrystal.task_tables import product_table  # noqa: E402
 
-# scripts/best_new.sh's model
-MODEL_FLAGS = ["--task", "size", "--preset", "cpu", "--model", "lgbm", "--use_product"]
+MODEL_FLAGS = ["--task", "size", "--preset", "new_product"]  # scripts/best_new.sh's model
 
 
 def products(data_dir: str, min_recipes: int) -> pd.Series:

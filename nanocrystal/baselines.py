@@ -62,7 +62,9 @@ def weak_weights(model: str, task: str) -> tuple[float, ...]:
 # differs only in temperature or time.
 GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {  # task -> model -> candidates
     "size": {"dt": [dict(min_samples_leaf=1), dict(min_samples_leaf=3), dict(min_samples_leaf=10)],
-             "rf": [{}], "et": [{}], "hgb": [{}], "lgbm": [{}]},
+             # LightGBM's leaf size: 3 for recipes with a training sibling (the paper split's inner folds), 20 for new
+             # series (the grouped split's inner folds, docs/size_model.md); each fold's inner CV chooses
+             "rf": [{}], "et": [{}], "hgb": [{}], "lgbm": [dict(min_child_samples=3), dict(min_child_samples=20)]},
     "shape": {"dt": [dict(min_samples_leaf=1), dict(min_samples_leaf=3), dict(min_samples_leaf=10)],
               "rf": [dict(max_features="sqrt"), dict(max_features=0.33)],
               "et": [dict(max_features=0.33), dict(max_features=1.0)],

@@ -200,6 +200,9 @@ PRESETS: dict[str, dict] = {
                   amount_scaling="robust", numeric_embedding="mlp", substance_embedding=False, n_members=1,
                   snapshots=1, workers=1, pack_tokens=True),
 }
+# New products (best_new.sh, bench/lopo_all.py): the cpu preset's LightGBM alone, with the product's descriptor among
+# its features, chosen on leave-one-product-out over four proxy products (docs/lopo.md)
+PRESETS["new_product"] = {**PRESETS["cpu"], "model": "lgbm", "use_product": True}
 
 
 def resolve(preset: str, overrides: Optional[dict] = None) -> Config:

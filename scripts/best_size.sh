@@ -4,8 +4,9 @@
 # log(size), each chosen by inner CV on the fold's training rows): the weight and the models were chosen by inner
 # cross-validation on training rows only (docs/size_model.md). Every prediction gets a 90 % conformal interval,
 # calibrated on 10 inner folds of each fold's training rows (docs/uncertainty.md); the script ends with the coverage
-# overall and by recipe series, beside the plain baseline's. Time: 11.2 min on the 2-core machine once set up
-# (2026-12-04; a fold's trees and transformer run as separate jobs); about 2 min more for the set-up of a fresh clone.
+# overall and by recipe series, beside the plain baseline's. Time: 9.0-11.2 min on a 2-core machine once set up
+# (2026-12-04, two machines; a fold's trees and transformer run as separate jobs); about 2 min more for the set-up of a
+# fresh clone.
 # The trees also read the chemistry columns (--chemistry_features: the product's element statistics, amounts by role,
 # the recipe's cation and anion mmol), chosen on inner folds of both splits (docs/size_model.md).
 # Extra arguments go to train.py (they win over these), e.g. --split grouped, --augmented data/augmented,
