@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from nanocrystal.baselines import featurizer, inner_splits, make_estimator  # noqa: E402
+from nanocrystal.baselines import LGBM_NEW_SERIES, featurizer, inner_splits, make_estimator  # noqa: E402
 from nanocrystal.config import ROOT, Config, resolve  # noqa: E402
 from nanocrystal.correction import SeriesCorrection  # noqa: E402
 from nanocrystal.descriptors import load_descriptors  # noqa: E402
@@ -48,6 +48,7 @@ VARIANTS = {
     "lgbm_log_huber_a05_leaf20": ("lgbm", dict(objective="huber", alpha=0.05, min_child_samples=20), True, 0.1),
     # size never falls with reaction time (Time and log_time, feature columns 3 and 4); "monotone" names the columns
     "lgbm_log_huber_a05_mono": ("lgbm", dict(objective="huber", alpha=0.05, monotone=(3, 4)), True, 0.1),
+    "lgbm_log_new_series": ("lgbm", LGBM_NEW_SERIES, True, 1.0),  # bench/tune_lgbm_inner.py's best on new series
     "rf_log": ("rf", {}, True, 0.3),
     "et_log": ("et", {}, True, 1.0),
     "et_log_200": ("et", dict(n_estimators=200), True, 1.0),

@@ -60,11 +60,17 @@ def weak_weights(model: str, task: str) -> tuple[float, ...]:
 # values were set beforehand by the same kind of inner cross-validation on training rows (never the held-out folds):
 # for size, deep trees (small leaves) matter most, because many validation recipes have a training sibling that
 # differs only in temperature or time.
+LGBM_NEW_SERIES = dict(num_leaves=38, min_child_samples=5, learning_rate=0.06, n_estimators=480, colsample_bytree=0.45,
+                       subsample=0.8, subsample_freq=1, reg_lambda=0.01, objective="huber", alpha=0.18,
+                       extra_trees=True)
 GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {  # task -> model -> candidates
     "size": {"dt": [dict(min_samples_leaf=1), dict(min_samples_leaf=3), dict(min_samples_leaf=10)],
-             # LightGBM's leaf size: 3 for recipes with a training sibling (the paper split's inner folds), 20 for new
-             # series (the grouped split's inner folds, docs/size_model.md); each fold's inner CV chooses
-             "rf": [{}], "et": [{}], "hgb": [{}], "lgbm": [dict(min_child_samples=3), dict(min_child_samples=20)]},
+             # Each fold's inner CV chooses among LightGBM candidates that suit different splits
+             # (docs/size_model.md): fully grown trees for recipes with a training sibling (the paper split's inner
+             # folds), larger leaves for new series (the grouped split's inner folds), and the best of an Optuna search
+             # on those grouped inner folds (bench/tune_lgbm_inner.py: randomised splits, bagging, a wider Huber loss)
+             "rf": [{}], "et": [{}], "hgb": [{}],
+             "lgbm": [dict(min_child_samples=3), dict(min_child_samples=20), LGBM_NEW_SERIES]},
     "shape": {"dt": [dict(min_samples_leaf=1), dict(min_samples_leaf=3), dict(min_samples_leaf=10)],
               "rf": [dict(max_features="sqrt"), dict(max_features=0.33)],
               "et": [dict(max_features=0.33), dict(max_features=1.0)],
@@ -212,7 +218,7 @@ def sample_weights(cfg: Config, choice: Candidate, weak: np.ndarray, shots: np.n
 
 def fit_estimator(cfg: Config, choice: Candidate, x_train: np.ndarray, y_train: np.ndarray, weak: np.ndarray,
                   seed: int | None = None, shots: np.ndarray | None = None):
-    params = {**choice.params, **loss_params(cfg)}
+    params = {**loss_params(cfg), **choice.params}  # a candidate with its own loss keeps it
     estimator = make_estimator(cfg.model, cfg.task, params, cfg.seed if seed is None else seed, n_threads(cfg))
     return estimator.fit(x_train, y_train, sample_weight=sample_weights(cfg, choice, weak, shots))
 
@@ -236,9 +242,9 @@ def select(cfg: Config, store: DescriptorStore, train: pd.DataFrame, weak: np.nd
 def selection_summary(model: str, task: str) -> str:
     """One line for metrics.json: how a tree run chose its hyper-parameters."""
     grid = GRIDS[task][model]
-    axes = [f"{k} in {[g[k] for g in grid]}" for k in grid[0]]
     weights = weak_weights(model, task)
-    axes += [f"weak-row weight in {list(weights)}"] if len(weights) > 1 else []
+    axes = ([f"parameters in {grid}"] if len(grid) > 1 else []) + (
+        [f"weak-row weight in {list(weights)}"] if len(weights) > 1 else [])
     chosen = f"grid ({' x '.join(axes)})" if axes else "nothing to choose (fixed parameters)"
     return f"{chosen} by {INNER_FOLDS}-fold inner CV on each fold's training rows; refit on all of them"
 
@@ -299,7 +305,7 @@ def fit_selected(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> Fi
     selection = {
         "summary": selection_summary(cfg.model, cfg.task),
         "inner_metric": "1 - accuracy" if cfg.task == "shape" else "mae",
-        "params": {**FIXED[cfg.task][cfg.model], **best.params, **loss_params(cfg)},
+        "params": {**FIXED[cfg.task][cfg.model], **loss_params(cfg), **best.params},
         "weak_weight": best.weak_weight,
         "seeds": model_seeds(cfg),
         "candidates": table,

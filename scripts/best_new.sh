@@ -2,8 +2,8 @@
 # Leave-one-product-out size prediction for the paper's four products (PbSe, Ag2S, Ni, Cs2NaBiCl6): for each, the
 # validation rows are every recipe of that product with 0 < size <= 20 nm, training is every other product's rows;
 # fixed choices, nothing is chosen on a held-out product. The model (`--preset new_product`) is the cpu preset's
-# LightGBM (log size, Huber 0.05, mean of 3 seeds; leaf size and weak-row weight by an inner CV that leaves out whole
-# training products) with the product descriptor among its features. Chosen without the four products (bench/lopo_proxy.sh: the recipe table without
+# LightGBM (log size, mean of 3 seeds; one of its three candidates and the weak-row weight by an inner CV that leaves
+# out whole training products) with the product descriptor among its features. Chosen without the four products (bench/lopo_proxy.sh: the recipe table without
 # them, leave-one-product-out over Au, Pd, PbS and InP; docs/lopo.md): mean MAE 3.10 nm against
 # 3.29-3.31 for LightGBM or extra trees without the product, 3.23 for extra trees with it, 3.91 for the transformer
 # (3.95 pretrained) and 3.35 or more for the transformer beside the trees. Prints MAE, MAPE, R² per product beside

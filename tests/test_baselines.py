@@ -11,8 +11,8 @@ import pytest
 import torch
 from sklearn.exceptions import NotFittedError
 
-from nanocrystal.baselines import (WEAK_WEIGHTS, Candidate, candidates, fit_chosen, fit_selected, inner_splits,
-                                  predict, predict_mean, sample_weights, selection_summary)
+from nanocrystal.baselines import (LGBM_NEW_SERIES, WEAK_WEIGHTS, Candidate, candidates, fit_chosen, fit_selected,
+                                  inner_splits, predict, predict_mean, sample_weights, selection_summary)
 from nanocrystal.config import resolve
 from nanocrystal.descriptors import DescriptorStore
 from nanocrystal.encode import encode, fit_encoder
@@ -172,6 +172,17 @@ def test_lgbm_huber_delta_sets_the_size_loss_only(fold_slice, descriptors):
     assert np.abs(fitted["size"].estimators[0].predict(x) - squared.predict(x)).mean() > 1e-3
     with pytest.raises(ValueError, match="lgbm_huber_delta"):
         resolve("cpu", {"lgbm_huber_delta": -1.0})
+
+
+def test_a_candidate_with_its_own_loss_keeps_it(fold_slice, descriptors):
+    train, _ = fold_slice
+    cfg = resolve("tiny", {"model": "lgbm", "task": "size", "lgbm_seeds": 1, "lgbm_huber_delta": 0.05})
+    weak = ~is_solid(train).to_numpy()
+    assert Candidate(LGBM_NEW_SERIES, 1.0) in candidates("lgbm", "size")
+    own, preset = (fit_chosen(cfg, train, weak, descriptors, Candidate(params, 1.0)).estimators[0].regressor_
+                   for params in (LGBM_NEW_SERIES, dict(min_child_samples=3)))
+    assert (own.objective, own.alpha, own.extra_trees, own.num_leaves) == ("huber", 0.18, True, 38)
+    assert (preset.objective, preset.alpha, preset.num_leaves) == ("huber", 0.05, 63)  # --lgbm_huber_delta
 
 
 def test_inner_splits_keep_groups_apart(fold_slice):
