@@ -50,21 +50,27 @@ def featurized(split: str, data_dir: str) -> list[dict]:
     return parts
 
 
-def fit_scores(parts: list[dict], params: dict, weak_weight: float, seeds: list[int]) -> tuple[float, float]:
-    """MAE over every scored row, alone and after the series correction (the mean of log size over the seeds)."""
-    errors, corrected = [], []
+def fit_scores(parts: list[dict], params: dict, weak_weight: float, seeds: list[int],
+               corrected: bool = True) -> tuple[float, float | None]:
+    """MAE over every scored row, alone and (with `corrected`) after the series correction; the mean of log size
+    over the seeds. The search scores alone: it skips predicting the fit rows, which only the correction needs."""
+    errors, corrected_errors = [], []
     for p in parts:
         scored, own = [], []
         for seed in seeds:
             estimator = make_estimator("lgbm", "size", params, seed, n_jobs=1)  # fits log(size)
             estimator.fit(p["x_fit"], p["y_fit"], sample_weight=np.where(p["weak"], weak_weight, 1.0))
             scored.append(np.log(estimator.predict(p["x_scored"])))
-            own.append(np.log(estimator.predict(p["x_fit"])))
-        size_nm, own_nm = np.exp(np.mean(scored, axis=0)), np.exp(np.mean(own, axis=0))
+            if corrected:
+                own.append(np.log(estimator.predict(p["x_fit"])))
+        size_nm = np.exp(np.mean(scored, axis=0))
         errors.append(np.abs(size_nm - p["y_scored"]))
-        factors = SeriesCorrection.fit(p["part"].train, own_nm, 0.25, 0.0).factors(p["part"].valid)
-        corrected.append(np.abs(size_nm * factors - p["y_scored"]))
-    return float(np.concatenate(errors).mean()), float(np.concatenate(corrected).mean())
+        if corrected:
+            factors = SeriesCorrection.fit(p["part"].train, np.exp(np.mean(own, axis=0)), 0.25, 0.0).factors(
+                p["part"].valid)
+            corrected_errors.append(np.abs(size_nm * factors - p["y_scored"]))
+    mae = float(np.concatenate(errors).mean())
+    return mae, float(np.concatenate(corrected_errors).mean()) if corrected else None
 
 
 def search_space(trial: optuna.Trial) -> tuple[dict, float]:
@@ -111,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def objective(trial: optuna.Trial) -> float:
         params, weak_weight = search_space(trial)
-        return fit_scores(parts, params, weak_weight, [0])[0]
+        return fit_scores(parts, params, weak_weight, [0], corrected=False)[0]
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         print(f"trial {trial.number:3d}  MAE {trial.value:.4f}  best {study.best_value:.4f}  "

@@ -56,13 +56,16 @@ def weak_weights(model: str, task: str) -> tuple[float, ...]:
     return FIXED_WEAK_WEIGHTS.get((model, task), WEAK_WEIGHTS[task])
 
 
+# LightGBM for size on new recipe series: the best of an Optuna search on the grouped split's inner folds, rounded
+# (bench/tune_lgbm_inner.py, docs/size_model.md); it keeps its own Huber loss.
+LGBM_NEW_SERIES = dict(num_leaves=38, min_child_samples=5, learning_rate=0.06, n_estimators=480, colsample_bytree=0.45,
+                       subsample=0.8, subsample_freq=1, reg_lambda=0.01, objective="huber", alpha=0.18,
+                       extra_trees=True)
+
 # Grids tried in full (x WEAK_WEIGHTS), kept small so that a 5-fold run takes minutes on one core per fold. The fixed
 # values were set beforehand by the same kind of inner cross-validation on training rows (never the held-out folds):
 # for size, deep trees (small leaves) matter most, because many validation recipes have a training sibling that
 # differs only in temperature or time.
-LGBM_NEW_SERIES = dict(num_leaves=38, min_child_samples=5, learning_rate=0.06, n_estimators=480, colsample_bytree=0.45,
-                       subsample=0.8, subsample_freq=1, reg_lambda=0.01, objective="huber", alpha=0.18,
-                       extra_trees=True)
 GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {  # task -> model -> candidates
     "size": {"dt": [dict(min_samples_leaf=1), dict(min_samples_leaf=3), dict(min_samples_leaf=10)],
              # Each fold's inner CV chooses among LightGBM candidates that suit different splits
