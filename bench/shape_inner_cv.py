@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     if transformers and not {"lgbm", "et"} <= set(args.variants):
         parser.error("--transformer is blended with lgbm + et: keep both in --variants (or pass --transformer none)")
     base = dict(task="shape", data_dir=args.data_dir, use_product=False, size_as_input=not args.recipe_only,
-                epochs=40, n_members=1, lgbm_seeds=1, tree_blend=0.0, workers=1)  # best_cls.sh's transformer
+                epochs=40, n_members=1, lgbm_seeds=1, tree_blend=0.0, workers=1,  # best_cls.sh's transformer
+                calibration_folds=0)  # uncalibrated: calibration would refit it on 10 inner folds of each inner fold
     cfg = resolve("cpu", base)
     start = time.time()
     dataset = load_dataset(cfg.data_dir)

@@ -159,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         unknown = set(corrected_blend.split("+")) - set(VARIANTS)
         if unknown:
             parser.error(f"--corrected_blends {corrected_blend}: unknown variants {', '.join(sorted(unknown))}")
-    cfg = resolve("cpu", {"data_dir": args.data_dir, "split": args.split, "tree_blend": 0.0, "series_correction": False, "workers": 1})
+    # the transformer alone, uncalibrated: calibration would refit it on 10 inner folds of each inner fold
+    cfg = resolve("cpu", {"data_dir": args.data_dir, "split": args.split, "tree_blend": 0.0, "series_correction": False,
+                          "calibration_folds": 0, "workers": 1})
     start = time.time()
     dataset = load_dataset(cfg.data_dir)
     parts = list(inner_parts(cfg, dataset))

@@ -171,10 +171,12 @@ def inner_score(task: str, rows: pd.DataFrame, prediction: dict[str, np.ndarray]
 
 # ---- inner cross-validation -----------------------------------------------------------------------------------------
 
-def inner_splits(cfg: Config, train: pd.DataFrame, weak: np.ndarray,
-                 n_splits: int = INNER_FOLDS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(fit rows, score rows) positions into `train`; every row of a scored group leaves the fit rows."""
-    pool = np.flatnonzero(inner_pool(cfg, train, weak))
+def inner_splits(cfg: Config, train: pd.DataFrame, weak: np.ndarray, n_splits: int = INNER_FOLDS,
+                 always_fit: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(fit rows, score rows) positions into `train`; every row of a scored group leaves the fit rows. Rows marked
+    `always_fit` are never scored."""
+    pool = inner_pool(cfg, train, weak)
+    pool = np.flatnonzero(pool if always_fit is None else pool & ~always_fit)
     groups = inner_groups(cfg, train)
     n_splits = min(n_splits, len(np.unique(groups[pool])))
     if n_splits < 2:
@@ -184,6 +186,28 @@ def inner_splits(cfg: Config, train: pd.DataFrame, weak: np.ndarray,
     for _, scored in progress.iterate(splitter.split(pool, groups=groups[pool])):
         held_out = np.isin(groups, np.unique(groups[pool[scored]]))
         yield np.flatnonzero(~held_out), pool[scored]
+
+
+def few_shot_splits(cfg: Config, train: pd.DataFrame, weak: np.ndarray, shots: np.ndarray
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Inner folds of a few-shot fold that are few-shot folds themselves: (fit rows, score rows, the fit rows' shot
+    mask). The held-out product's recipes (`shots`) always train; each scored product lends `cfg.shots` of its
+    scored recipes, drawn at random, to the fit rows, where they weigh as shots, and its other recipes are scored.
+    A product with no more recipes than that is not scored: its rows return to the fit rows."""
+    rng = np.random.default_rng([cfg.seed, cfg.shots])
+    products = inner_groups(cfg, train)
+    for fit_rows, scored_rows in inner_splits(cfg, train, weak, always_fit=shots):
+        lent, returned = [], []
+        for name in np.unique(products[scored_rows]):
+            rows = scored_rows[products[scored_rows] == name]
+            if len(rows) <= cfg.shots:
+                returned.append(np.flatnonzero(products == name))
+            else:
+                lent.append(rng.permutation(rows)[:cfg.shots])
+        lent_rows, returned_rows = (np.concatenate(r) if r else np.zeros(0, int) for r in (lent, returned))
+        fit = np.sort(np.concatenate([fit_rows, lent_rows, returned_rows]))
+        yield fit, np.setdiff1d(scored_rows, np.concatenate([lent_rows, returned_rows])), \
+            shots[fit] | np.isin(fit, lent_rows)
 
 
 def fit_predict(cfg: Config, store: DescriptorStore, train: pd.DataFrame, weak: np.ndarray, tests: list[pd.DataFrame],
@@ -231,10 +255,14 @@ def select(cfg: Config, store: DescriptorStore, train: pd.DataFrame, weak: np.nd
     """The candidate with the best mean inner score, and every candidate's scores."""
     choices = candidates(cfg.model, cfg.task)
     scores = np.zeros((len(choices), 0))
-    for fit_rows, scored_rows in inner_splits(cfg, train, weak):
+    # a few-shot fold's candidates are judged on few-shot inner folds: a model good for a product it has never seen
+    # need not make the most of a product's first recipes
+    splits = (few_shot_splits(cfg, train, weak, shots) if shots is not None
+              else ((fit, scored, None) for fit, scored in inner_splits(cfg, train, weak)))
+    for fit_rows, scored_rows, fit_shots in splits:
         scored = train.iloc[scored_rows]
         predictions = fit_predict(cfg, store, train.iloc[fit_rows], weak[fit_rows], [scored], choices, n_shapes,
-                                  None if shots is None else shots[fit_rows])
+                                  fit_shots)
         fold_scores = [inner_score(cfg.task, scored, p[0]) for p in predictions]
         scores = np.column_stack([scores, fold_scores])
     means = scores.mean(axis=1)

@@ -6,6 +6,7 @@ a neural model, fold<k>.pt (everything prediction needs).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import multiprocessing
@@ -220,15 +221,17 @@ def neural_part(cfg: Config, data: FoldData, store: DescriptorStore, n_shapes: i
     factory = make_model_factory(cfg, encoder, store, n_shapes)
     members, curve = [], []
     report = fold_progress(cfg, fold_name, logger)
+
+    def log_curve(epoch: int, model, member: int) -> None:
+        if epoch % cfg.eval_every == 0:
+            scores = score(cfg, data.valid, ensemble_predict([model], valid_batch), n_shapes)
+            curve.append({"member": member, "epoch": epoch, **{k: scores[k] for k in primary_metrics(cfg)}})
+            logger.info(f"{fold_name} val-selected curve (not the result) member {member} epoch {epoch}: "
+                        + ", ".join(f"{k} {scores[k]:.4f}" for k in primary_metrics(cfg)))
+
     for member in range(cfg.n_members):
-        on_epoch = None
-        if cfg.eval_every:  # upstream-style curve on the held-out rows: logged, labelled, never used to choose
-            def on_epoch(epoch, model, member=member):
-                if epoch % cfg.eval_every == 0:
-                    scores = score(cfg, data.valid, ensemble_predict([model], valid_batch), n_shapes)
-                    curve.append({"member": member, "epoch": epoch, **{k: scores[k] for k in primary_metrics(cfg)}})
-                    logger.info(f"{fold_name} val-selected curve (not the result) member {member} epoch {epoch}: "
-                                + ", ".join(f"{k} {scores[k]:.4f}" for k in primary_metrics(cfg)))
+        # upstream-style curve on the held-out rows: logged, labelled, never used to choose
+        on_epoch = functools.partial(log_curve, member=member) if cfg.eval_every else None
         snapshots, _ = train_member(factory, train_batch, cfg, seed=cfg.seed * 1000 + member, on_epoch=on_epoch,
                                     report=report(member))
         members.extend(snapshots)

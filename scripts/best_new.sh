@@ -10,7 +10,7 @@
 # the paper's pretrain-finetune MAE, and the coverage and mean width of each product's 90 % intervals (calibrated on
 # inner folds that leave out whole training products: docs/uncertainty.md).
 #
-# Time: about 2 min on the 2-core machine once set up (7.3 min with --shots 0 1 3 5 10). Results: docs/lopo.md.
+# Time: about 2 min on the 2-core machine once set up (about 11 min with --shots 0 1 3 5 10). Results: docs/lopo.md.
 #
 # Extra arguments go to train.py (e.g. --object_name PbSe; --model transformer --no-use_product --tree_blend 0
 # --no-series_correction for the transformer without the product token).
@@ -20,7 +20,7 @@ source scripts/setup.sh
 # --shots K... (taken out of the arguments) also runs the few-shot curve: for each K > 0, K random recipes of the
 # product join its training rows at sample weight 10 (--shot_weight; chosen on the proxy products Au, Pd, PbS, InP
 # with bench/few_shot_correction.py: docs/lopo.md) (3 draws per product, nested over K) and its other recipes are
-# scored; no intervals for these runs (--calibration_folds 0, the curve is about the error); the table and
+# scored; LightGBM's candidate is chosen on inner folds that are few-shot folds too (baselines.few_shot_splits); no intervals for these runs (--calibration_folds 0, the curve is about the error); the table and
 # assets/few_shot.png compare each K with the zero-shot run on the same recipes.
 source scripts/take_numbers.sh --shots "$@"
 shots=(${numbers[@]+"${numbers[@]}"})

@@ -11,8 +11,9 @@ import pytest
 import torch
 from sklearn.exceptions import NotFittedError
 
-from nanocrystal.baselines import (LGBM_NEW_SERIES, WEAK_WEIGHTS, Candidate, candidates, fit_chosen, fit_selected,
-                                  inner_splits, predict, predict_mean, sample_weights, selection_summary)
+from nanocrystal import baselines
+from nanocrystal.baselines import (LGBM_NEW_SERIES, WEAK_WEIGHTS, Candidate, candidates, few_shot_splits, fit_chosen,
+                                  fit_selected, inner_splits, predict, predict_mean, sample_weights, selection_summary)
 from nanocrystal.config import resolve
 from nanocrystal.descriptors import DescriptorStore
 from nanocrystal.encode import encode, fit_encoder
@@ -134,6 +135,39 @@ def test_few_shot_recipes_weigh_shot_weight_in_the_tree_fits(table, descriptors)
     assert log_error[50.0] < 0.5 * log_error[1.0]
     with pytest.raises(ValueError, match="--shot_weight 2.0 .* needs --shots"):
         resolve("cpu", {"shot_weight": 2.0})
+
+
+def test_a_few_shot_folds_inner_folds_are_few_shot_folds(table):
+    """Each inner fold of a few-shot fold scores training products with k of their recipes in its fit rows, as
+    shots; the held-out product's own recipes always train; a product of k recipes or fewer is not scored."""
+    cfg = resolve("cpu", {"model": "lgbm", "object_name": ["Ni"], "shots": 3})
+    data = fold_data(cfg, table, run_folds(cfg, table)[0], 11)
+    weak, products = np.asarray(data.train_weak, bool), data.train["T2"].to_numpy(object)
+    pool = np.flatnonzero(data.train["Y1"].between(0, 20, inclusive="right") & ~data.train["failed"])
+    sizes = pd.Series(products[pool]).value_counts().drop("Ni")  # Ni: its 3 shots
+    scored_products = []
+    for fit, scored, fit_shots in few_shot_splits(cfg, data.train, weak, data.train_shots):
+        assert len(np.intersect1d(fit, scored)) == 0 and data.train_shots[fit].sum() == 3  # Ni's shots train
+        assert not data.train_shots[scored].any()
+        lent = fit[fit_shots & ~data.train_shots[fit]]
+        for product in np.unique(products[scored]):
+            assert (products[lent] == product).sum() == 3  # k scored-pool recipes of it train, weighted as shots
+            assert (products[fit] == product).sum() == 3 and sizes[product] > 3
+        assert set(products[lent]) == set(products[scored])
+        scored_products += list(np.unique(products[scored]))
+    small = set(sizes.index[sizes <= 3])
+    assert small and not small & set(scored_products)  # too few recipes to lend 3 and score the rest
+    assert len(scored_products) == len(set(scored_products)) == (sizes > 3).sum()
+
+
+def test_a_few_shot_fold_chooses_its_candidate_on_few_shot_inner_folds(table, descriptors, monkeypatch):
+    cfg = resolve("cpu", {"model": "dt", "task": "size", "object_name": ["Ni"], "shots": 3, "threads": 1})
+    data = fold_data(cfg, table, run_folds(cfg, table)[0], 11)
+    seen_shots = []
+    real_fit_predict = baselines.fit_predict
+    monkeypatch.setattr(baselines, "fit_predict", lambda *args: seen_shots.append(args[-1]) or real_fit_predict(*args))
+    fit_selected(cfg, data, descriptors, 11)
+    assert len(seen_shots) == 3 and all(s.sum() > 3 for s in seen_shots)  # Ni's 3 shots and the lent recipes
 
 
 @pytest.mark.parametrize("task", ["size", "shape"])
