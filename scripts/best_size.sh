@@ -9,6 +9,7 @@
 # fresh clone.
 # The trees also read the chemistry columns (--chemistry_features: the product's element statistics, amounts by role,
 # the recipe's cation and anion mmol), chosen on inner folds of both splits (docs/size_model.md).
+# On new series: --split grouped --tree_blend 0.6 (the weight chosen on the grouped inner folds: docs/size_model.md).
 # Extra arguments go to train.py (they win over these), e.g. --split grouped, --augmented data/augmented,
 # --tree_blend 0 --no-series_correction (the transformer alone), --preset paper (GPU).
 set -euo pipefail
