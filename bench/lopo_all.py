@@ -1,14 +1,15 @@
 """Leave-one-product-out over every product with at least --min_recipes evaluation recipes (sized, 0 < size <= 20 nm,
 any particle count: the validation rows of a leave-one-product-out fold), one fold per product, on the Ray backend.
-The model is scripts/best_new.sh's: the cpu preset's LightGBM (log size, Huber 0.05, mean of 3 seeds, weak-row weight
-by an inner CV that leaves out whole training products) with the product descriptor, and its calibrated 90% intervals.
+The model is scripts/best_new.sh's: the cpu preset's LightGBM (log size, mean of 3 seeds; one of its three candidates
+and the weak-row weight by an inner CV that leaves out whole training products) with the product descriptor, and its
+calibrated 90% intervals.
 Writes one table (per product: validation rows, MAE, MAPE, R², interval coverage and width) as CSV and Markdown, and a
 figure of MAE and coverage by product, into --out beside the run folder; prints the wall time. It reports and chooses
 nothing: every choice of the model was made without these products' held-out rows (docs/lopo.md).
 
     python bench/lopo_all.py [--out runs/lopo-all] [--min_recipes 20] [train.py flags, e.g. --ray_address HEAD:6379]
 
-On the 2-core machine: about 20 min (32 products; --workers 2 --threads 1, the cpu preset's). --resume continues an
+On a 2-core machine: 11-22 min (32 products; --workers 2 --threads 1, the cpu preset's). --resume continues an
 interrupted run (its finished products are kept).
 """
 from __future__ import annotations
