@@ -205,9 +205,9 @@ def few_shot_splits(cfg: Config, train: pd.DataFrame, weak: np.ndarray, shots: n
             else:
                 lent.append(rng.permutation(rows)[:cfg.shots])
         lent_rows, returned_rows = (np.concatenate(r) if r else np.zeros(0, int) for r in (lent, returned))
-        fit = np.sort(np.concatenate([fit_rows, lent_rows, returned_rows]))
-        yield fit, np.setdiff1d(scored_rows, np.concatenate([lent_rows, returned_rows])), \
-            shots[fit] | np.isin(fit, lent_rows)
+        moved = np.concatenate([lent_rows, returned_rows])
+        fit = np.sort(np.concatenate([fit_rows, moved]))
+        yield fit, np.setdiff1d(scored_rows, moved), shots[fit] | np.isin(fit, lent_rows)
 
 
 def fit_predict(cfg: Config, store: DescriptorStore, train: pd.DataFrame, weak: np.ndarray, tests: list[pd.DataFrame],
