@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -12,18 +14,36 @@ from .config import ROOT, Config, config_from_args
 from .errors import InputError
 
 
+class Terminated(BaseException):
+    """SIGTERM (`kill`, a scheduler's cancel) raised where the command runs, as Ctrl-C raises KeyboardInterrupt: the
+    command unwinds, so a run's worker pool ends its workers and its folder's lock is released."""
+
+
+def _terminate(*_) -> None:
+    raise Terminated
+
+
 def guarded(command: Callable[[], int]) -> int:
     """Run a command as the command line does: an expected error (InputError: a bad file, flag, config or run folder;
     OSError: a path the machine refuses) prints its message, one line per problem, and exits 2; Ctrl-C prints one line
-    and exits 130 (the shell's code for an interrupt); any other exception is a bug and keeps its traceback."""
+    and exits 130 (the shell's code for an interrupt), SIGTERM one line and 143; any other exception is a bug and keeps
+    its traceback."""
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where Python runs signal handlers
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return command()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except (InputError, OSError) as error:
         print(str(error), file=sys.stderr)
         return 2
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def finite_number(text: str) -> float:

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -291,6 +294,47 @@ def test_progress_is_logged_as_lines_without_a_terminal(tiny_run):
         f"fold0 transformer: {k}/3 epochs, member 1/1, epoch {k}/3" for k in (1, 2, 3)]
     assert all(float(p.rsplit("loss ", 1)[1]) > 0 for p in progress)
     assert "\r" not in "".join(lines)
+
+
+def children(pid: int) -> set[int]:
+    """The child processes of `pid` (Linux: /proc)."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(child) for child in (task / "children").read_text().split()}
+        except OSError:  # the thread ended meanwhile
+            pass
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+def test_sigterm_ends_the_run_and_its_worker_processes(tmp_path):
+    """`kill` (or a scheduler's cancel) of a run with --workers 2: one line, exit 143, no worker left training
+    unwatched, the folder's lock free for --resume."""
+    run = tmp_path / "run"
+    command = [sys.executable, "train.py", "--preset", "tiny", "--n_folds", "2", "--workers", "2", "--epochs", "500",
+               "--threads", "1", "--calibration_folds", "0", "--save_path", str(run)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while len(workers := children(process.pid)) < 2 or not (run / "log.txt").exists() or \
+            "training rows" not in (run / "log.txt").read_text():  # both workers spawned, one with its fold
+        assert time.time() < deadline and process.poll() is None, "the run's workers did not start"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143 and err.splitlines()[-1] == "terminated"
+    deadline = time.time() + 30
+    while any(alive(pid) for pid in workers):
+        assert time.time() < deadline, "a worker outlived its run"
+        time.sleep(0.2)
+    FileLock(run / LOCK_FILE).acquire(timeout=0)
+    assert not [p for p in run.iterdir() if p.name.endswith(".part")] and not (run / "metrics.json").exists()
 
 
 def test_folds_in_worker_processes_end_without_noise(tmp_path):
