@@ -11,10 +11,12 @@ read. The inner-validation tables of docs/size_model.md come from it:
 
     python bench/size_inner_cv.py --variants lgbm_log et_log --out runs/size-inner-cv.csv   # ~12 min on 2 cores
     python bench/size_inner_cv.py --variants lgbm_nm lgbm_log --transformer_splits 0      # trees only, ~1 min
+    python bench/size_inner_cv.py --split grouped --variants --set shape_aux_weight=0.3    # a transformer variant alone
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -28,7 +30,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nanocrystal.baselines import LGBM_NEW_SERIES, featurizer, inner_splits, make_estimator  # noqa: E402
-from nanocrystal.config import ROOT, Config, resolve  # noqa: E402
+from nanocrystal.config import ROOT, Config, ConfigError, resolve  # noqa: E402
 from nanocrystal.correction import SeriesCorrection  # noqa: E402
 from nanocrystal.descriptors import load_descriptors  # noqa: E402
 from nanocrystal.features import CHEMISTRY_BLOCKS, CHEMISTRY_NAMES, chemistry_columns  # noqa: E402
@@ -154,14 +156,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1, help="LightGBM variants: the mean of this many model seeds")
     parser.add_argument("--corrected_blends", nargs="+", default=["lgbm_log+et_log"],
                         help="tree variants joined by '+', averaged in the series-correction tables (one table each)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="the transformer's Config fields over the cpu preset's, e.g. shape_aux_weight=0.3 (JSON)")
     args = parser.parse_args(argv)
     for corrected_blend in args.corrected_blends:
         unknown = set(corrected_blend.split("+")) - set(VARIANTS)
         if unknown:
             parser.error(f"--corrected_blends {corrected_blend}: unknown variants {', '.join(sorted(unknown))}")
     # the transformer alone, uncalibrated: calibration would refit it on 10 inner folds of each inner fold
-    cfg = resolve("cpu", {"data_dir": args.data_dir, "split": args.split, "tree_blend": 0.0, "series_correction": False,
-                          "calibration_folds": 0, "workers": 1})
+    try:
+        given = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
+    except ValueError:
+        parser.error(f"--set {' '.join(args.set)}: each item is FIELD=VALUE with a JSON value")
+    try:
+        cfg = resolve("cpu", {"data_dir": args.data_dir, "split": args.split, "tree_blend": 0.0,
+                              "series_correction": False, "calibration_folds": 0, "workers": 1, **given})
+    except ConfigError as error:
+        parser.error(str(error))
     start = time.time()
     dataset = load_dataset(cfg.data_dir)
     parts = list(inner_parts(cfg, dataset))
@@ -190,13 +201,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:28s} MAE {np.abs(rows[name] - rows['true']).mean():.4f}")
     if "transformer" in rows:
         with_t = rows.dropna(subset=["transformer"])
-        print(f"\nblends on the {len(with_t)} rows the transformer has (MAE at tree weight w):")
-        print(f"{'trees':28s} " + " ".join(f"w={w:.1f} " for w in WEIGHTS))
-        for blend, members in BLENDS.items():
-            if set(members) <= set(args.variants):
-                trees = with_t[members].mean(axis=1)
-                maes = [np.abs((1 - w) * with_t["transformer"] + w * trees - with_t["true"]).mean() for w in WEIGHTS]
-                print(f"{blend:28s} " + " ".join(f"{m:.4f}" for m in maes))
+        print(f"{'transformer':28s} MAE {np.abs(with_t['transformer'] - with_t['true']).mean():.4f} "
+              f"({len(with_t)} rows)")
+        blends = {blend: members for blend, members in BLENDS.items() if set(members) <= set(args.variants)}
+        if blends:
+            print(f"\nblends on the {len(with_t)} rows the transformer has (MAE at tree weight w):")
+            print(f"{'trees':28s} " + " ".join(f"w={w:.1f} " for w in WEIGHTS))
+        for blend, members in blends.items():
+            trees = with_t[members].mean(axis=1)
+            maes = [np.abs((1 - w) * with_t["transformer"] + w * trees - with_t["true"]).mean() for w in WEIGHTS]
+            print(f"{blend:28s} " + " ".join(f"{m:.4f}" for m in maes))
     for corrected_blend in args.corrected_blends:
         members = corrected_blend.split("+")
         if set(members) <= set(args.variants):

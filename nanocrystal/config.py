@@ -99,6 +99,7 @@ class Config:
     weak_weight: float = 1.0  # weight of a weak row outside its band
     pretrain_epochs: int = 0  # masked-target pretraining before finetuning
     pretrain_mask_rate: float = 0.5
+    shape_aux_weight: float = 0.0  # size: >0 adds this times the shape cross-entropy of the size rows (multi-task)
     n_members: int = 2  # ensemble members per fold (different seeds)
     snapshots: int = 3  # EMA snapshots kept per member (an ensemble from one training run)
     snapshot_span: float = 0.3  # snapshots are spread over this last fraction of the epochs
@@ -281,7 +282,7 @@ _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ema_decay": _between(0, 1),
     "huber_delta": _above(0),
     "weak_band": _at_least(0), "weak_weight": _at_least(0),
-    "pretrain_epochs": _at_least(0), "pretrain_mask_rate": _between(0, 1),
+    "pretrain_epochs": _at_least(0), "pretrain_mask_rate": _between(0, 1), "shape_aux_weight": _at_least(0),
     "n_members": _at_least(1), "snapshots": _at_least(1), "snapshot_span": _between(0, 1),
     "tree_blend": _between(0, 1),
     "inner_val_frac": _between(0, 1, high_open=True),

@@ -35,9 +35,19 @@ def shape_loss(logits: torch.Tensor, failed_logit: torch.Tensor, batch: Batch) -
     return ce + F.binary_cross_entropy_with_logits(failed_logit, failed.float())
 
 
+def known_shape_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Cross-entropy over the shapes on the rows with a known shape (0 if none): the size task's second target."""
+    known = (batch.shape >= 0) & (batch.shape < logits.shape[1])
+    ce = F.cross_entropy(logits, batch.shape.masked_fill(~known, -100), ignore_index=-100)
+    return torch.where(known.any(), ce, logits.sum() * 0)
+
+
 def task_loss(out: dict[str, torch.Tensor], batch: Batch, cfg: Config) -> torch.Tensor:
     if cfg.task == "size":
-        return size_loss(out["size"], batch, cfg)
+        loss = size_loss(out["size"], batch, cfg)
+        if cfg.shape_aux_weight > 0:
+            loss = loss + cfg.shape_aux_weight * known_shape_loss(out["shape"], batch)
+        return loss
     return shape_loss(out["shape"], out["failed"], batch)
 
 

@@ -14,7 +14,7 @@ from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 from nanocrystal.config import config_from_args
 from nanocrystal.config import resolve
 from nanocrystal.encode import encode, fit_encoder
-from nanocrystal.engine import shape_loss, size_loss
+from nanocrystal.engine import shape_loss, size_loss, task_loss
 from nanocrystal.metrics import mean_metrics, shape_metrics, size_metrics
 from nanocrystal.recipes import has_size
 from nanocrystal.runs import fold_data, run_experiment, score, val_selected
@@ -75,6 +75,18 @@ def test_the_shape_loss_scores_failures_only_with_the_failed_logit(mixed_rows, d
     expected = (torch.nn.functional.cross_entropy(logits[:6], batch.shape[:6])
                 + torch.nn.functional.binary_cross_entropy_with_logits(failed_logit, (torch.arange(12) >= 6).float()))
     assert shape_loss(logits, failed_logit, batch).item() == pytest.approx(expected.item())
+
+
+def test_the_size_task_adds_the_known_shapes_cross_entropy_at_its_weight(mixed_rows, descriptors):
+    batch = encode(mixed_rows, fit_encoder(mixed_rows, descriptors, "log", False, False))
+    batch.shape[0] = -1  # an unknown shape: no shape loss for it
+    logits = torch.randn(12, N_SHAPES, generator=torch.Generator().manual_seed(0))
+    out = {"size": torch.full((12,), 5.0), "shape": logits, "failed": torch.zeros(12)}
+    plain = task_loss(out, batch, resolve("tiny"))
+    assert plain.item() == pytest.approx(size_loss(out["size"], batch, resolve("tiny")).item())
+    shapes = torch.nn.functional.cross_entropy(out["shape"][1:6], batch.shape[1:6])  # neither unknown nor failed
+    with_shapes = task_loss(out, batch, resolve("tiny", {"shape_aux_weight": 0.3}))
+    assert with_shapes.item() == pytest.approx(plain.item() + 0.3 * shapes.item())
 
 
 def test_failure_rows_never_enter_the_shape_metrics(table):
