@@ -99,9 +99,12 @@ def load_run(path: str | Path) -> Run:
 
 def not_a_result(run: Run) -> str:
     """Why a finished run folder is no result to table beside the paper ('' if it is one): a tuning run scored on
-    inner validation rows, or a --folds run that scored only some of the split's folds."""
+    inner validation rows, a --folds run that scored only some of the split's folds, or a few-shot run (the held-out
+    product's first recipes in training: no leave-one-product-out figure; `task_tables shots` tables it)."""
     if run.metrics.get("scored_on", "held-out") != "held-out":
         return f"scored on {run.metrics['scored_on']} validation rows (a tuning run)"
+    if run.config.get("shots"):
+        return f"{run.config['shots']} recipes of each held-out product in training (a few-shot run)"
     expected = run.config.get("n_folds", 5)
     if run.metrics["split"] != "lopo" and len(run.metrics["per_fold"]) < expected:  # a product is its own result
         return f"{len(run.metrics['per_fold'])} of {expected} folds scored"

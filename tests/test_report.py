@@ -226,19 +226,23 @@ def test_tuning_and_partial_runs_are_left_out_of_the_report(tmp_path, runs, caps
     import shutil
 
     full = FIXTURES / "size-rf-paper"
-    tuning, partial = tmp_path / "tuning", tmp_path / "partial"
-    for folder in (tuning, partial):
+    tuning, partial, shots = tmp_path / "tuning", tmp_path / "partial", tmp_path / "shots"
+    for folder in (tuning, partial, shots):
         shutil.copytree(full, folder)
     metrics = json.loads((full / "metrics.json").read_text())
     (tuning / "metrics.json").write_text(json.dumps({**metrics, "scored_on": "inner"}))
     (partial / "config.json").write_text(json.dumps({"n_folds": 5}))  # 2 folds of 5 scored (--folds 0 1)
+    # a few-shot run scores lower than its zero-shot run on other rows: it must not stand as the best result
+    (shots / "metrics.json").write_text(json.dumps({**metrics, "mean": {**metrics["mean"], "mae": 0.1}}))
+    (shots / "config.json").write_text(json.dumps({"n_folds": 2, "shots": 5}))
     shapes = tmp_path / "shapes.txt"
     shapes.write_text("\n".join(f"shape{k}" for k in range(11)))
-    dirs = [str(full), str(tuning), str(partial)]
+    dirs = [str(full), str(tuning), str(partial), str(shots)]
     text = report(dirs, tmp_path / "results.md", tmp_path / "assets", shapes, tmp_path / "no-paper.csv")
-    assert text.count("| Random forest | paper |") == 1
+    assert text.count("| Random forest | paper |") == 1 and "0.1000" not in text
     err = capsys.readouterr().err
     assert f"{tuning}: scored on inner validation rows (a tuning run), left out" in err
     assert f"{partial}: 2 of 5 folds scored, left out" in err
+    assert f"{shots}: 5 recipes of each held-out product in training (a few-shot run), left out" in err
     with pytest.raises(ReportError, match="finished result"):
         report(dirs[1:], tmp_path / "results.md", tmp_path / "assets", shapes, tmp_path / "no-paper.csv")
