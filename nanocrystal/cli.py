@@ -42,7 +42,7 @@ def guarded(command: Callable[[], int]) -> int:
         print(str(error), file=sys.stderr)
         return 2
     finally:
-        if in_main_thread:
+        if previous is not None:  # None: not in the main thread, or a handler set outside Python (left as it is)
             signal.signal(signal.SIGTERM, previous)
 
 
