@@ -15,6 +15,15 @@ from nanocrystal.cli import main, train_main
 from nanocrystal.runs import LOCK_FILE
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """Python raises KeyboardInterrupt on SIGINT unless it started with SIGINT ignored, as a non-interactive shell's
+    background job (`cmd &`) does: the tests must not depend on how pytest was started."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def interrupt(*_, **__):
     """What Ctrl-C does: SIGINT to this process (Python's handler raises KeyboardInterrupt where it runs)."""
     os.kill(os.getpid(), signal.SIGINT)
