@@ -16,7 +16,6 @@ read. The inner-validation tables of docs/size_model.md come from it:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -30,7 +29,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nanocrystal.baselines import LGBM_NEW_SERIES, featurizer, inner_splits, make_estimator  # noqa: E402
-from nanocrystal.config import ROOT, Config, ConfigError, resolve  # noqa: E402
+from nanocrystal.config import ROOT, Config, ConfigError, field_values, resolve  # noqa: E402
 from nanocrystal.correction import SeriesCorrection  # noqa: E402
 from nanocrystal.descriptors import load_descriptors  # noqa: E402
 from nanocrystal.features import CHEMISTRY_BLOCKS, CHEMISTRY_NAMES, chemistry_columns  # noqa: E402
@@ -165,12 +164,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--corrected_blends {corrected_blend}: unknown variants {', '.join(sorted(unknown))}")
     # the transformer alone, uncalibrated: calibration would refit it on 10 inner folds of each inner fold
     try:
-        given = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
-    except ValueError:
-        parser.error(f"--set {' '.join(args.set)}: each item is FIELD=VALUE with a JSON value")
-    try:
         cfg = resolve("cpu", {"data_dir": args.data_dir, "split": args.split, "tree_blend": 0.0,
-                              "series_correction": False, "calibration_folds": 0, "workers": 1, **given})
+                              "series_correction": False, "calibration_folds": 0, "workers": 1,
+                              **field_values(args.set)})
     except ConfigError as error:
         parser.error(str(error))
     start = time.time()

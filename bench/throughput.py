@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from nanocrystal.config import Config, resolve  # noqa: E402
+from nanocrystal.config import Config, ConfigError, field_values, resolve  # noqa: E402
 from nanocrystal.descriptors import load_descriptors  # noqa: E402
 from nanocrystal.encode import Batch, encode, fit_encoder  # noqa: E402
 from nanocrystal.engine import EMA, for_training, make_optimizer, resolve_device, train_step  # noqa: E402
@@ -106,11 +106,11 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="Config fields over the preset's, e.g. pack_tokens=false (JSON values)")
     args = parser.parse_args()
-    import json
-
     torch.set_num_threads(args.threads)
-    overrides = {"device": args.device, **{k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}}
-    cfg = resolve(args.preset, overrides)
+    try:
+        cfg = resolve(args.preset, {"device": args.device, **field_values(args.set)})
+    except ConfigError as error:
+        parser.error(str(error))
     dataset = load_dataset(cfg.data_dir)
     store = load_descriptors(cfg.feats_path)
     table = combined_table(dataset)

@@ -42,6 +42,20 @@ class ConfigError(InputError, ValueError):
         super().__init__("\n".join(problems))
 
 
+def field_values(items: list[str], flag: str = "--set") -> dict[str, Any]:
+    """`FIELD=VALUE` items with JSON values (a bench's `--set pack_tokens=false`) as a dict; checked by `resolve`."""
+    values, problems = {}, []
+    for item in items:
+        key, _, text = item.partition("=")
+        try:
+            values[key] = json.loads(text)
+        except ValueError:
+            problems.append(f"{flag} {item}: not FIELD=VALUE with a JSON value")
+    if problems:
+        raise ConfigError(problems)
+    return values
+
+
 @dataclass
 class Config:
     # what to run

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from nanocrystal.cli import main, train_main
-from nanocrystal.config import Config, ConfigError, resolve
+from nanocrystal.config import Config, ConfigError, field_values, resolve
 
 
 def tiny_config(tmp_path, **changes) -> str:
@@ -87,3 +87,12 @@ def test_predict_names_the_bad_key_of_a_run_folder(size_run, tmp_path, capsys):
     assert main(["predict", "--size-run", str(run), "recipes.csv"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"{run / 'config.json'}: n_folds: expected a whole number below 2^31, got 'five'"]
+
+
+def test_field_values_read_json_and_name_every_bad_item():
+    assert field_values(["pack_tokens=false", "d_model=64", "device=\"cpu\""]) == {
+        "pack_tokens": False, "d_model": 64, "device": "cpu"}
+    with pytest.raises(ConfigError) as error:
+        field_values(["epochs", "lr=fast", "d_model=8"])
+    assert error.value.problems == ["--set epochs: not FIELD=VALUE with a JSON value",
+                                    "--set lr=fast: not FIELD=VALUE with a JSON value"]
