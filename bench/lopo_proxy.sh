@@ -48,7 +48,9 @@ for name in (FAILURES_FILE, SHAPES_FILE):
 print(f"{target}: {len(kept)} of {len(table)} recipes (the four reported products removed)")
 EOF
 # no intervals: the comparison is of the point predictions (a transformer's calibration would retrain it 10 times)
-common=(--task size --data_dir "$data" --object_name "${products[@]}" --calibration_folds 0)
+# LightGBM chooses from all its candidates, as best_new.sh's --preset new_product
+common=(--task size --data_dir "$data" --object_name "${products[@]}" --calibration_folds 0
+        --lgbm_grid leaf3 leaf20 new_series)
 run() {  # name, then train.py arguments; a finished run is kept (its folder is never overwritten)
   local name=$1; shift
   if [ ${#only[@]} -gt 0 ] && [[ " ${only[*]} " != *" $name "* ]]; then return; fi

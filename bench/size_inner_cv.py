@@ -12,6 +12,8 @@ read. The inner-validation tables of docs/size_model.md come from it:
     python bench/size_inner_cv.py --variants lgbm_log et_log --out runs/size-inner-cv.csv   # ~12 min on 2 cores
     python bench/size_inner_cv.py --variants lgbm_nm lgbm_log --transformer_splits 0      # trees only, ~1 min
     python bench/size_inner_cv.py --split grouped --variants --set shape_aux_weight=0.3    # a transformer variant alone
+    python bench/size_inner_cv.py --split grouped --variants lgbm_log et_log --transformer_splits 0 --series_power 1
+        # the trees with every recipe series weighing alike in their fits
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from nanocrystal.config import ROOT, Config, ConfigError, field_values, resolve 
 from nanocrystal.correction import SeriesCorrection  # noqa: E402
 from nanocrystal.descriptors import load_descriptors  # noqa: E402
 from nanocrystal.features import CHEMISTRY_BLOCKS, CHEMISTRY_NAMES, chemistry_columns  # noqa: E402
-from nanocrystal.recipes import load_dataset  # noqa: E402
+from nanocrystal.recipes import load_dataset, series_keys  # noqa: E402
 from nanocrystal.runs import FoldData, fit_neural_fold, fold_data  # noqa: E402
 from nanocrystal.splits import combined_table, make_folds  # noqa: E402
 from nanocrystal.substances import package_chemistry  # noqa: E402
@@ -84,8 +86,17 @@ def chemistry_blocks(table: pd.DataFrame, blocks: list[str]) -> np.ndarray:
     return chemistry_columns(table, package_chemistry())[:, [CHEMISTRY_NAMES.index(name) for name in wanted]]
 
 
+def series_weights(train: pd.DataFrame, power: float) -> np.ndarray:
+    """Each fit row's weight n^-power, n the number of fit rows of its recipe series, scaled to a mean of 1: at
+    power 1 every series weighs the same in the fit, whatever its number of time or temperature points."""
+    keys = series_keys(train)
+    weights = keys.map(keys.value_counts()).to_numpy(float) ** -power
+    return weights / weights.mean()
+
+
 def tree_predictions(cfg: Config, part: FoldData, variants: list[str], threads: int, model_seeds: list[int],
-                     chemistry: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                     chemistry: list[str], series_power: float = 0.0
+                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Each variant's predictions for the scored rows and for its own fit rows, averaged over the model seeds."""
     store = load_descriptors(cfg.feats_path)
     features = featurizer(cfg, store).fit(part.train)
@@ -98,7 +109,7 @@ def tree_predictions(cfg: Config, part: FoldData, variants: list[str], threads: 
         if "monotone" in params:
             increasing = np.isin(np.arange(x_train.shape[1]), params["monotone"]).astype(int)
             params = {**{k: v for k, v in params.items() if k != "monotone"}, "monotone_constraints": list(increasing)}
-        weights = np.where(part.train_weak, weak_weight, 1.0)
+        weights = np.where(part.train_weak, weak_weight, 1.0) * series_weights(part.train, series_power)
         each_scored, each_own = [], []
         for seed in model_seeds if model == "lgbm" else model_seeds[:1]:  # as --lgbm_seeds
             estimator = make_estimator(model, "size", params, seed, threads)  # fits log(size)
@@ -153,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model_seed", type=int, default=0,
                         help="the tree models' random state (the splits keep seed 0): how much a figure is seed noise")
     parser.add_argument("--seeds", type=int, default=1, help="LightGBM variants: the mean of this many model seeds")
+    parser.add_argument("--series_power", type=float, default=0.0,
+                        help="the trees' fit rows weigh n^-P, n the rows of their recipe series (1: series weigh alike)")
     parser.add_argument("--corrected_blends", nargs="+", default=["lgbm_log+et_log"],
                         help="tree variants joined by '+', averaged in the series-correction tables (one table each)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
@@ -176,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     for outer, inner, part in parts:
         trees, trees_own = tree_predictions(cfg, part, args.variants, threads=2,
                                              model_seeds=list(range(args.model_seed, args.model_seed + args.seeds)),
-                                             chemistry=args.chemistry)
+                                             chemistry=args.chemistry, series_power=args.series_power)
         frames.append(pd.DataFrame({"outer": outer, "inner": inner, "ID": part.valid["ID"],
                                     "true": part.valid["Y1"].to_numpy(float), **trees}))
         own.append(trees_own)
@@ -216,6 +229,12 @@ def main(argv: list[str] | None = None) -> int:
                                     lambda p: np.mean([p[m] for m in members], axis=0), scale, shrink)
                 label = "no correction" if scale is None else f"{scale}, {shrink}"
                 print(f"{label:28s} MAE {mae:.4f}")
+            # how steady a difference between two blends is: the preset's correction, one outer fold at a time
+            outers = sorted({outer for outer, _, _ in parts})
+            per_outer = [corrected_mae([i for i, (o, _, _) in enumerate(parts) if o == outer], parts, frames, own,
+                                       lambda p: np.mean([p[m] for m in members], axis=0), 0.25, 0.0)
+                         for outer in outers]
+            print(f"{'0.25, 0 by outer fold':28s} " + " ".join(f"{m:.4f}" for m in per_outer))
         if "transformer" in rows and set(members) <= set(args.variants):
             print(f"\n{corrected_blend} beside the transformer, then the series correction (MAE at tree weight w):")
             print(f"{'scale, shrink':28s} " + " ".join(f"w={w:.1f} " for w in WEIGHTS))

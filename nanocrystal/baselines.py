@@ -62,18 +62,20 @@ LGBM_NEW_SERIES = dict(num_leaves=38, min_child_samples=5, learning_rate=0.06, n
                        subsample=0.8, subsample_freq=1, reg_lambda=0.01, objective="huber", alpha=0.18,
                        extra_trees=True)
 
+# LightGBM's size candidates by name (--lgbm_grid; config.LGBM_SIZE_GRID), each suiting a different split
+# (docs/size_model.md): leaves of 3 rows, for recipes with a training sibling, alone (the paper split's inner folds);
+# leaves of 20 rows, for new series and for the cpu preset's blend after the series correction; the best of an Optuna
+# search on the grouped split's inner folds (bench/tune_lgbm_inner.py: randomised splits, bagging, a wider Huber loss).
+LGBM_SIZE_CANDIDATES: dict[str, dict[str, Any]] = {
+    "leaf3": dict(min_child_samples=3), "leaf20": dict(min_child_samples=20), "new_series": LGBM_NEW_SERIES}
+
 # Grids tried in full (x WEAK_WEIGHTS), kept small so that a 5-fold run takes minutes on one core per fold. The fixed
 # values were set beforehand by the same kind of inner cross-validation on training rows (never the held-out folds):
 # for size, deep trees (small leaves) matter most, because many validation recipes have a training sibling that
 # differs only in temperature or time.
 GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {  # task -> model -> candidates
     "size": {"dt": [dict(min_samples_leaf=1), dict(min_samples_leaf=3), dict(min_samples_leaf=10)],
-             # Each fold's inner CV chooses among LightGBM candidates that suit different splits
-             # (docs/size_model.md): fully grown trees for recipes with a training sibling (the paper split's inner
-             # folds), larger leaves for new series (the grouped split's inner folds), and the best of an Optuna search
-             # on those grouped inner folds (bench/tune_lgbm_inner.py: randomised splits, bagging, a wider Huber loss)
-             "rf": [{}], "et": [{}], "hgb": [{}],
-             "lgbm": [dict(min_child_samples=3), dict(min_child_samples=20), LGBM_NEW_SERIES]},
+             "rf": [{}], "et": [{}], "hgb": [{}]},  # LightGBM: the candidates named by --lgbm_grid
     "shape": {"dt": [dict(min_samples_leaf=1), dict(min_samples_leaf=3), dict(min_samples_leaf=10)],
               "rf": [dict(max_features="sqrt"), dict(max_features=0.33)],
               "et": [dict(max_features=0.33), dict(max_features=1.0)],
@@ -113,8 +115,16 @@ class Candidate:
     weak_weight: float
 
 
-def candidates(model: str, task: str) -> list[Candidate]:
-    return [Candidate(p, w) for p, w in product(GRIDS[task][model], weak_weights(model, task))]
+def grid(cfg: Config) -> list[dict[str, Any]]:
+    """The parameters each fold's inner CV chooses from: the task's grid; for size, LightGBM's candidates named by
+    `lgbm_grid`."""
+    if (cfg.model, cfg.task) == ("lgbm", "size"):
+        return [LGBM_SIZE_CANDIDATES[name] for name in cfg.lgbm_grid]
+    return GRIDS[cfg.task][cfg.model]
+
+
+def candidates(cfg: Config) -> list[Candidate]:
+    return [Candidate(p, w) for p, w in product(grid(cfg), weak_weights(cfg.model, cfg.task))]
 
 
 def make_estimator(model: str, task: str, params: dict[str, Any], seed: int, n_jobs: int):
@@ -253,7 +263,7 @@ def fit_estimator(cfg: Config, choice: Candidate, x_train: np.ndarray, y_train: 
 def select(cfg: Config, store: DescriptorStore, train: pd.DataFrame, weak: np.ndarray,
            n_shapes: int, shots: np.ndarray | None = None) -> tuple[Candidate, list[dict[str, Any]]]:
     """The candidate with the best mean inner score, and every candidate's scores."""
-    choices = candidates(cfg.model, cfg.task)
+    choices = candidates(cfg)
     scores = np.zeros((len(choices), 0))
     # a few-shot fold's candidates are judged on few-shot inner folds: a model good for a product it has never seen
     # need not make the most of a product's first recipes
@@ -270,11 +280,11 @@ def select(cfg: Config, store: DescriptorStore, train: pd.DataFrame, weak: np.nd
     return choices[int(np.argmin(means))], table
 
 
-def selection_summary(model: str, task: str) -> str:
+def selection_summary(cfg: Config) -> str:
     """One line for metrics.json: how a tree run chose its hyper-parameters."""
-    grid = GRIDS[task][model]
-    weights = weak_weights(model, task)
-    axes = ([f"parameters in {grid}"] if len(grid) > 1 else []) + (
+    params = grid(cfg)
+    weights = weak_weights(cfg.model, cfg.task)
+    axes = ([f"parameters in {params}"] if len(params) > 1 else []) + (
         [f"weak-row weight in {list(weights)}"] if len(weights) > 1 else [])
     chosen = f"grid ({' x '.join(axes)})" if axes else "nothing to choose (fixed parameters)"
     return f"{chosen} by {INNER_FOLDS}-fold inner CV on each fold's training rows; refit on all of them"
@@ -334,7 +344,7 @@ def fit_selected(cfg: Config, data, store: DescriptorStore, n_shapes: int) -> Fi
     with threadpool_limits(limits=n_threads(cfg)):
         best, table = select(cfg, store, data.train, weak, n_shapes, data.train_shots)
     selection = {
-        "summary": selection_summary(cfg.model, cfg.task),
+        "summary": selection_summary(cfg),
         "inner_metric": "1 - accuracy" if cfg.task == "shape" else "mae",
         "params": {**FIXED[cfg.task][cfg.model], **loss_params(cfg), **best.params},
         "weak_weight": best.weak_weight,

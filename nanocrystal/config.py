@@ -17,6 +17,7 @@ TASKS = ("size", "shape")
 SPLITS = ("paper", "grouped")
 TREE_MODELS = ("dt", "rf", "et", "hgb", "lgbm")  # baselines.py; the neural ones are model.MODELS
 BLEND_MODELS = ("lgbm", "et", "rf")  # tree models whose fitted form saves as text or tensors (baselines.fit_blend)
+LGBM_SIZE_GRID = ("leaf3", "leaf20", "new_series")  # LightGBM's size candidates (baselines.LGBM_SIZE_CANDIDATES)
 TABLE = "table"  # descriptor providers (substances.py): the upstream Uni-Mol table, or computed ones joined with +
 COMPUTED_PROVIDERS = ("composition", "rdkit", "unimol")
 
@@ -121,6 +122,7 @@ class Config:
     blend_models: list[str] = field(default_factory=lambda: ["lgbm"])  # those tree models (lgbm | et | rf), averaged
     lgbm_seeds: int = 1  # LightGBM (blended or alone) is the mean of this many fits with seeds seed, seed + 1, ...
     lgbm_huber_delta: float = 0.0  # size: >0 fits LightGBM to log(size) with a Huber loss of this delta, not squares
+    lgbm_grid: list[str] = field(default_factory=lambda: list(LGBM_SIZE_GRID))  # size: LightGBM's candidates
     series_correction: bool = False  # size: move a prediction by its recipe series' training residuals (correction.py)
     correction_scale: float = 0.25  # condition distance at which a sibling's weight falls by e
     correction_shrink: float = 0.0  # >0 pulls the correction towards none when the siblings are few or far
@@ -151,6 +153,10 @@ class Config:
         if unknown:
             raise ValueError(f"--blend_models: {', '.join(unknown)} cannot be blended; choose from "
                              f"{', '.join(BLEND_MODELS)}")
+        unknown = [name for name in self.lgbm_grid if name not in LGBM_SIZE_GRID]
+        if unknown or not self.lgbm_grid:
+            raise ValueError(f"--lgbm_grid: {', '.join(unknown) or 'no candidate'}; choose one or more of "
+                             f"{', '.join(LGBM_SIZE_GRID)}")
         if self.lgbm_seeds < 1 or self.lgbm_huber_delta < 0:
             raise ValueError(f"--lgbm_seeds must be >= 1 and --lgbm_huber_delta >= 0, got {self.lgbm_seeds} and "
                              f"{self.lgbm_huber_delta}")
@@ -204,10 +210,12 @@ class Config:
 PRESETS: dict[str, dict] = {
     # the transformer ensemble averaged with the fold's LightGBM and extra trees at weight 0.8, then (size) the series
     # correction: models, weight and correction were chosen on inner validation, for size and for shape
-    # (docs/size_model.md, docs/shape.md); for size, LightGBM is 3 seeds' mean with a Huber loss
-    # (best_cls.sh keeps shape's validated single LightGBM, baselines.sh LightGBM's squared error)
+    # (docs/size_model.md, docs/shape.md); for size, LightGBM is 3 seeds' mean with a Huber loss and leaves of at least
+    # 20 rows: alone it scores worse than leaves of 3 on the paper split's inner folds, in this blend after the
+    # correction better (best_cls.sh keeps shape's validated single LightGBM; baselines.sh LightGBM alone, one fit
+    # with squared error, chosen from the whole grid)
     "cpu": dict(workers=2, tree_blend=0.8, blend_models=["lgbm", "et"], lgbm_seeds=3, lgbm_huber_delta=0.05,
-                series_correction=True),
+                lgbm_grid=["leaf20"], series_correction=True),
     "tiny": dict(d_model=16, depth=1, n_heads=2, d_ffn=32, epochs=3, batch_size=256, n_members=1, snapshots=1,
                  warmup_epochs=1, calibration_folds=3),
     "paper": dict(d_model=256, depth=8, n_heads=4, d_ffn=256, dropout=0.1, epochs=8000, pretrain_epochs=200,
@@ -215,9 +223,14 @@ PRESETS: dict[str, dict] = {
                   amount_scaling="robust", numeric_embedding="mlp", substance_embedding=False, n_members=1,
                   snapshots=1, workers=1, pack_tokens=True),
 }
+# New recipe series (best_size.sh --split grouped --preset new_series): the cpu preset with the tree weight and
+# LightGBM's candidates chosen on the grouped split's inner folds, where no series straddles the inner split
+# (docs/size_model.md)
+PRESETS["new_series"] = {**PRESETS["cpu"], "tree_blend": 0.6, "lgbm_grid": list(LGBM_SIZE_GRID)}
 # New products (best_new.sh, bench/lopo_all.py): the cpu preset's LightGBM alone, with the product's descriptor among
-# its features, chosen on leave-one-product-out over four proxy products (docs/lopo.md)
-PRESETS["new_product"] = {**PRESETS["cpu"], "model": "lgbm", "use_product": True}
+# its features, chosen on leave-one-product-out over four proxy products (docs/lopo.md); each product's inner CV
+# chooses among all of LightGBM's candidates
+PRESETS["new_product"] = {**PRESETS["cpu"], "model": "lgbm", "use_product": True, "lgbm_grid": list(LGBM_SIZE_GRID)}
 
 
 def resolve(preset: str, overrides: Optional[dict] = None) -> Config:
@@ -277,7 +290,8 @@ def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
 
 
 # What a value may hold beyond its type: checked before a run folder exists, so a bad value never stops a run midway.
-# (task, split, blend_models and the LightGBM, failure and correction settings are checked by __post_init__.)
+# (task, split, blend_models and the LightGBM (lgbm_grid too), failure and correction settings are checked by
+# __post_init__.)
 _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "preset": _one_of("", *PRESETS),
     "seed": _at_least(0),  # numpy's seeds are not negative

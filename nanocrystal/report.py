@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
+from .config import ROOT  # noqa: E402
 from .errors import InputError  # noqa: E402
 from .metrics import SIZE_METRICS  # noqa: E402
 from .files import write_atomic, write_text  # noqa: E402
@@ -99,12 +100,15 @@ def load_run(path: str | Path) -> Run:
 
 def not_a_result(run: Run) -> str:
     """Why a finished run folder is no result to table beside the paper ('' if it is one): a tuning run scored on
-    inner validation rows, a --folds run that scored only some of the split's folds, or a few-shot run (the held-out
-    product's first recipes in training: no leave-one-product-out figure; `task_tables shots` tables it)."""
+    inner validation rows, a --folds run that scored only some of the split's folds, a few-shot run (the held-out
+    product's first recipes in training: no leave-one-product-out figure; `task_tables shots` tables it), or a run on
+    another split seed than the paper's 0 (other validation rows; `task_tables seeds` tables the seeds)."""
     if run.metrics.get("scored_on", "held-out") != "held-out":
         return f"scored on {run.metrics['scored_on']} validation rows (a tuning run)"
     if run.config.get("shots"):
         return f"{run.config['shots']} recipes of each held-out product in training (a few-shot run)"
+    if run.metrics["split"] != "lopo" and run.config.get("seed", 0) != 0:
+        return f"split seed {run.config['seed']}, not the paper's 0 (a run of `--seeds`)"
     expected = run.config.get("n_folds", 5)
     if run.metrics["split"] != "lopo" and len(run.metrics["per_fold"]) < expected:  # a product is its own result
         return f"{len(run.metrics['per_fold'])} of {expected} folds scored"
@@ -123,11 +127,15 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _command(run: Run) -> str:
+    """The command that made the run, its paths inside this checkout written from the checkout's root."""
+    return f"`{(run.metrics.get('command') or run.path.name).replace(f'{ROOT}/', '')}`"
+
+
 def _provenance(run: Run) -> list[str]:
     """How the figure was chosen, the command that made it, and its wall time."""
     wall = run.metrics.get("wall_s")
-    return [run.metrics.get("selection", "not stated"), f"`{run.metrics.get('command') or run.path.name}`",
-            "" if wall is None else f"{wall / 60:.1f} min"]
+    return [run.metrics.get("selection", "not stated"), _command(run), "" if wall is None else f"{wall / 60:.1f} min"]
 
 
 PROVENANCE = ["selection", "command", "wall"]
@@ -185,7 +193,7 @@ def uncertainty_table(runs: list[Run]) -> str:
         else:
             cells = ["", "", "", "", "", _number(u["set_coverage"], 3), _number(u["mean_set_size"], 2)]
         rows.append([run.label, run.metrics["task"], run.metrics["split"], f"{u['confidence']:g}", *cells,
-                     f"`{run.metrics.get('command') or run.path.name}`"])
+                     _command(run)])
     header = ["model", "task", "split", "confidence", "coverage", "seen series", "new series", "mean width (nm)",
               "baseline width (nm)", "set coverage", "mean set size", "command"]
     return _markdown(header, rows)

@@ -12,9 +12,10 @@ import torch
 from sklearn.exceptions import NotFittedError
 
 from nanocrystal import baselines
-from nanocrystal.baselines import (LGBM_NEW_SERIES, WEAK_WEIGHTS, Candidate, candidates, few_shot_splits, fit_chosen,
-                                  fit_selected, inner_splits, predict, predict_mean, sample_weights, selection_summary)
-from nanocrystal.config import resolve
+from nanocrystal.baselines import (LGBM_NEW_SERIES, LGBM_SIZE_CANDIDATES, WEAK_WEIGHTS, Candidate, candidates,
+                                  few_shot_splits, fit_chosen, fit_selected, inner_splits, predict, predict_mean,
+                                  sample_weights, selection_summary)
+from nanocrystal.config import LGBM_SIZE_GRID, resolve
 from nanocrystal.descriptors import DescriptorStore
 from nanocrystal.encode import encode, fit_encoder
 from nanocrystal.engine import ensemble_predict, train_member
@@ -106,9 +107,9 @@ def test_fold_predictions_ignore_other_validation_rows(fold_slice, descriptors, 
     key = "size" if task == "size" else "shape"
     np.testing.assert_array_equal(first[key][:20], second[key][:20])
     assert first["selection"] == second["selection"]
-    assert len(first["selection"]["candidates"]) == len(candidates("dt", task)) == (9 if task == "size" else 3)
+    assert len(first["selection"]["candidates"]) == len(candidates(cfg)) == (9 if task == "size" else 3)
     assert first["selection"]["weak_weight"] in WEAK_WEIGHTS[task]
-    assert first["selection"]["summary"] == selection_summary("dt", task)
+    assert first["selection"]["summary"] == selection_summary(cfg)
     if task == "shape":
         assert first["shape"].shape == (40, 11) and np.allclose(first["shape"].sum(axis=1), 1.0)
         assert np.isnan(first["failed"]).all()  # no failure rows in this training slice: not modelled
@@ -212,11 +213,32 @@ def test_a_candidate_with_its_own_loss_keeps_it(fold_slice, descriptors):
     train, _ = fold_slice
     cfg = resolve("tiny", {"model": "lgbm", "task": "size", "lgbm_seeds": 1, "lgbm_huber_delta": 0.05})
     weak = ~is_solid(train).to_numpy()
-    assert Candidate(LGBM_NEW_SERIES, 1.0) in candidates("lgbm", "size")
+    assert Candidate(LGBM_NEW_SERIES, 1.0) in candidates(resolve("new_product"))
     own, preset = (fit_chosen(cfg, train, weak, descriptors, Candidate(params, 1.0)).estimators[0].regressor_
                    for params in (LGBM_NEW_SERIES, dict(min_child_samples=3)))
     assert (own.objective, own.alpha, own.extra_trees, own.num_leaves) == ("huber", 0.18, True, 38)
     assert (preset.objective, preset.alpha, preset.num_leaves) == ("huber", 0.05, 63)  # --lgbm_huber_delta
+
+
+def test_lgbm_grid_names_lightgbms_size_candidates(fold_slice, descriptors):
+    """--lgbm_grid chooses which candidates a size fold's inner CV compares (each at every weak-row weight), and the
+    run's selection records them; shape keeps its own grid, and an unknown name is refused by the config."""
+    assert resolve("cpu").lgbm_grid == ["leaf20"] and resolve("new_series").lgbm_grid == list(LGBM_SIZE_CANDIDATES)
+    assert set(LGBM_SIZE_CANDIDATES) == set(LGBM_SIZE_GRID)
+    train, valid = fold_slice
+    weak = ~is_solid(train).to_numpy()
+    for names in (["leaf20"], ["leaf3", "new_series"]):
+        cfg = resolve("tiny", {"model": "lgbm", "task": "size", "lgbm_seeds": 1, "lgbm_grid": names, "threads": 1})
+        selection = fit_tree_fold(cfg, FoldData(train, valid, weak, np.zeros(len(train), bool)), descriptors,
+                                  11)["selection"]
+        tried = [c["params"] for c in selection["candidates"]]
+        assert tried == [LGBM_SIZE_CANDIDATES[n] for n in names for _ in WEAK_WEIGHTS["size"]]
+        assert (str(LGBM_SIZE_CANDIDATES[names[-1]]) in selection["summary"]) == (len(names) > 1)  # a grid of one
+    shape = resolve("cpu", {"model": "lgbm", "task": "shape"})
+    assert [c.params for c in candidates(shape)] == baselines.GRIDS["shape"]["lgbm"]
+    for bad in (["leaf7"], []):
+        with pytest.raises(ValueError, match="--lgbm_grid"):
+            resolve("cpu", {"lgbm_grid": bad})
 
 
 def test_inner_splits_keep_groups_apart(fold_slice):
@@ -316,9 +338,10 @@ def test_tree_fold_record_keeps_its_selection(tmp_path):
     run_experiment(resolve("cpu", {"model": "dt", "task": "shape", "use_failures": False, "folds": [0],
                                    "threads": 1, "workers": 1, "save_path": str(path)}))
     selection = json.loads((path / "fold0.json").read_text())["selection"]
-    assert selection["summary"] == selection_summary("dt", "shape") and selection["inner_metric"] == "1 - accuracy"
+    cfg = resolve("cpu", {"model": "dt", "task": "shape"})
+    assert selection["summary"] == selection_summary(cfg) and selection["inner_metric"] == "1 - accuracy"
     scores = [c["inner_score"] for c in selection["candidates"]]
-    assert len(scores) == len(candidates("dt", "shape"))
+    assert len(scores) == len(candidates(cfg))
     best = selection["candidates"][int(np.argmin(scores))]
     assert selection["params"] == best["params"] and 0.0 < min(scores) < 1.0
     metrics = json.loads((path / "metrics.json").read_text())

@@ -58,7 +58,7 @@ def test_flags_are_checked_like_the_file(capsys):
     assert capsys.readouterr().err.splitlines() == ["--epochs: must be >= 1, got 0",
                                                     "--lr: expected a finite number, got inf"]
     assert train_main(["--preset", "huge"]) == 2
-    assert capsys.readouterr().err.strip() == "--preset 'huge': choose from cpu, tiny, paper, new_product"
+    assert capsys.readouterr().err.strip() == "--preset 'huge': choose from cpu, tiny, paper, new_series, new_product"
 
 
 @pytest.mark.parametrize("text,message", [

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from nanocrystal.config import ROOT
 from nanocrystal.encode import encode
 from nanocrystal.report import (README_BEGIN, README_END, ReportError, Run, load_run, lopo_table, readme_runs, report,
                                 same_rows, shape_table, size_table, tsne_plot)
@@ -108,7 +109,8 @@ def test_readme_block_has_the_chosen_rows_and_results_md_every_row(tmp_path):
     worse = folders / "size-lgbm-paper"
     shutil.copytree(folders / "size-rf-paper", worse)
     metrics = json.loads((worse / "metrics.json").read_text())
-    metrics.update(model="lgbm", command="python train.py --model lgbm --task size")
+    # a run saved by absolute path inside the checkout is shown from the checkout's root
+    metrics.update(model="lgbm", command=f"python train.py --model lgbm --task size --save_path {ROOT}/runs/lgbm")
     metrics["mean"]["mae"] = 1.45
     (worse / "metrics.json").write_text(json.dumps(metrics))
     readme = tmp_path / "README.md"
@@ -117,6 +119,7 @@ def test_readme_block_has_the_chosen_rows_and_results_md_every_row(tmp_path):
                   tmp_path / "none", tmp_path / "none.csv", readme)
     row = "| LightGBM | paper | 1.4500 |"
     assert row in text and row not in readme.read_text()
+    assert "`python train.py --model lgbm --task size --save_path runs/lgbm`" in text and str(ROOT) not in text
     assert SIZE_TABLE in readme.read_text() and LOPO_TABLE in readme.read_text()
 
 
@@ -221,13 +224,13 @@ def test_labels_name_the_tree_blend_of_neural_runs_only(runs):
     assert type(lopo)(lopo.path, lopo.metrics, {"use_product": False}).label == "Transformer"
 
 
-def test_tuning_and_partial_runs_are_left_out_of_the_report(tmp_path, runs, capsys):
+def test_tuning_partial_few_shot_and_reseeded_runs_are_left_out_of_the_report(tmp_path, runs, capsys):
     import json
     import shutil
 
     full = FIXTURES / "size-rf-paper"
-    tuning, partial, shots = tmp_path / "tuning", tmp_path / "partial", tmp_path / "shots"
-    for folder in (tuning, partial, shots):
+    tuning, partial, shots, seed3 = tmp_path / "tuning", tmp_path / "partial", tmp_path / "shots", tmp_path / "seed3"
+    for folder in (tuning, partial, shots, seed3):
         shutil.copytree(full, folder)
     metrics = json.loads((full / "metrics.json").read_text())
     (tuning / "metrics.json").write_text(json.dumps({**metrics, "scored_on": "inner"}))
@@ -235,14 +238,18 @@ def test_tuning_and_partial_runs_are_left_out_of_the_report(tmp_path, runs, caps
     # a few-shot run scores lower than its zero-shot run on other rows: it must not stand as the best result
     (shots / "metrics.json").write_text(json.dumps({**metrics, "mean": {**metrics["mean"], "mae": 0.1}}))
     (shots / "config.json").write_text(json.dumps({"n_folds": 2, "shots": 5}))
+    # nor a run on another split seed: its validation rows are not the paper's
+    (seed3 / "metrics.json").write_text(json.dumps({**metrics, "mean": {**metrics["mean"], "mae": 0.1}}))
+    (seed3 / "config.json").write_text(json.dumps({"n_folds": 2, "seed": 3}))
     shapes = tmp_path / "shapes.txt"
     shapes.write_text("\n".join(f"shape{k}" for k in range(11)))
-    dirs = [str(full), str(tuning), str(partial), str(shots)]
+    dirs = [str(full), str(tuning), str(partial), str(shots), str(seed3)]
     text = report(dirs, tmp_path / "results.md", tmp_path / "assets", shapes, tmp_path / "no-paper.csv")
     assert text.count("| Random forest | paper |") == 1 and "0.1000" not in text
     err = capsys.readouterr().err
     assert f"{tuning}: scored on inner validation rows (a tuning run), left out" in err
     assert f"{partial}: 2 of 5 folds scored, left out" in err
     assert f"{shots}: 5 recipes of each held-out product in training (a few-shot run), left out" in err
+    assert f"{seed3}: split seed 3, not the paper's 0 (a run of `--seeds`), left out" in err
     with pytest.raises(ReportError, match="finished result"):
         report(dirs[1:], tmp_path / "results.md", tmp_path / "assets", shapes, tmp_path / "no-paper.csv")
