@@ -1,4 +1,4 @@
-"""Optuna search of LightGBM's size hyper-parameters on inner folds only: where `baselines.GRIDS`' third LightGBM
+"""Optuna search of LightGBM's size hyper-parameters on inner folds only: where LightGBM's "new_series"
 candidate comes from.
 
 The objective is the MAE of one LightGBM fit (log size, the run's features with the chemistry columns) over the
