@@ -103,13 +103,14 @@ def tree_predictions(cfg: Config, part: FoldData, variants: list[str], threads: 
     x_train, x_valid = (np.hstack([features.transform(rows), chemistry_blocks(rows, chemistry)])
                         for rows in (part.train, part.valid))
     y_train = part.train["Y1"].to_numpy(float)
+    by_series = series_weights(part.train, series_power)
     scored, own = {}, {}
     for name in variants:
         model, params, log_target, weak_weight = VARIANTS[name]
         if "monotone" in params:
             increasing = np.isin(np.arange(x_train.shape[1]), params["monotone"]).astype(int)
             params = {**{k: v for k, v in params.items() if k != "monotone"}, "monotone_constraints": list(increasing)}
-        weights = np.where(part.train_weak, weak_weight, 1.0) * series_weights(part.train, series_power)
+        weights = np.where(part.train_weak, weak_weight, 1.0) * by_series
         each_scored, each_own = [], []
         for seed in model_seeds if model == "lgbm" else model_seeds[:1]:  # as --lgbm_seeds
             estimator = make_estimator(model, "size", params, seed, threads)  # fits log(size)
