@@ -14,6 +14,8 @@ read. The inner-validation tables of docs/size_model.md come from it:
     python bench/size_inner_cv.py --split grouped --variants --set shape_aux_weight=0.3    # a transformer variant alone
     python bench/size_inner_cv.py --split grouped --variants lgbm_log et_log --transformer_splits 0 --series_power 1
         # the trees with every recipe series weighing alike in their fits
+    python bench/size_inner_cv.py --split grouped --set dropout=0.1 --trees_from runs/size-inner-grouped.csv \
+        --corrected_blends lgbm_log_new_series+et_log   # a transformer variant beside trees saved by an earlier --out
 """
 from __future__ import annotations
 
@@ -78,6 +80,16 @@ def inner_parts(cfg: Config, dataset):
                             data.train.iloc[scored_rows].reset_index(drop=True), weak[fit_rows],
                             np.zeros(len(fit_rows), bool))
             yield fold.index, inner, part
+
+
+def saved_trees(saved: pd.DataFrame, outer: int, inner: int, part: FoldData, variants: list[str]
+                ) -> dict[str, np.ndarray]:
+    """The tree columns of an earlier run's --out CSV for this inner fold's scored rows, in their order."""
+    rows = saved[(saved["outer"] == outer) & (saved["inner"] == inner)].set_index("ID")
+    missing = set(part.valid["ID"]) - set(rows.index)
+    if missing:
+        raise SystemExit(f"--trees_from: fold{outer} inner {inner} lacks {len(missing)} scored rows (another split?)")
+    return {name: rows.loc[part.valid["ID"], name].to_numpy(float) for name in variants}
 
 
 def chemistry_blocks(table: pd.DataFrame, blocks: list[str]) -> np.ndarray:
@@ -171,7 +183,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="tree variants joined by '+', averaged in the series-correction tables (one table each)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="the transformer's Config fields over the cpu preset's, e.g. shape_aux_weight=0.3 (JSON)")
+    parser.add_argument("--trees_from", default="",
+                        help="an earlier run's --out CSV: its tree columns instead of fitting the trees (the same split;"
+                             " the trees' options are ignored; no series correction, which needs the trees' fits of"
+                             " their own rows)")
     args = parser.parse_args(argv)
+    saved = pd.read_csv(args.trees_from) if args.trees_from else None
+    if saved is not None:
+        args.variants = [name for name in saved.columns if name in VARIANTS]
     for corrected_blend in args.corrected_blends:
         unknown = set(corrected_blend.split("+")) - set(VARIANTS)
         if unknown:
@@ -188,13 +207,17 @@ def main(argv: list[str] | None = None) -> int:
     parts = list(inner_parts(cfg, dataset))
     frames, own, neural = [], [], []
     for outer, inner, part in parts:
-        trees, trees_own = tree_predictions(cfg, part, args.variants, threads=2,
-                                             model_seeds=list(range(args.model_seed, args.model_seed + args.seeds)),
-                                             chemistry=args.chemistry, series_power=args.series_power)
+        if saved is None:
+            trees, trees_own = tree_predictions(cfg, part, args.variants, threads=2,
+                                                model_seeds=list(range(args.model_seed, args.model_seed + args.seeds)),
+                                                chemistry=args.chemistry, series_power=args.series_power)
+        else:
+            trees, trees_own = saved_trees(saved, outer, inner, part, args.variants), {}
         frames.append(pd.DataFrame({"outer": outer, "inner": inner, "ID": part.valid["ID"],
                                     "true": part.valid["Y1"].to_numpy(float), **trees}))
         own.append(trees_own)
-        print(f"fold{outer} inner {inner}: trees done ({time.time() - start:.0f} s)", flush=True)
+        print(f"fold{outer} inner {inner}: trees {'read' if saved is not None else 'done'} "
+              f"({time.time() - start:.0f} s)", flush=True)
         if inner < args.transformer_splits:
             neural.append((len(frames) - 1, part))
     if neural:  # two inner folds at a time, one thread each
@@ -221,9 +244,10 @@ def main(argv: list[str] | None = None) -> int:
             trees = with_t[members].mean(axis=1)
             maes = [np.abs((1 - w) * with_t["transformer"] + w * trees - with_t["true"]).mean() for w in WEIGHTS]
             print(f"{blend:28s} " + " ".join(f"{m:.4f}" for m in maes))
+    corrections = [(None, None)] + (CORRECTION_GRID if saved is None else [])
     for corrected_blend in args.corrected_blends:
         members = corrected_blend.split("+")
-        if set(members) <= set(args.variants):
+        if set(members) <= set(args.variants) and saved is None:
             print(f"\n{corrected_blend} alone, then the series correction, on all {len(rows)} rows:")
             for scale, shrink in [(None, None), *CORRECTION_GRID]:
                 mae = corrected_mae(list(range(len(parts))), parts, frames, own,
@@ -243,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 
             def mix(w: float) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
                 return lambda p: (1 - w) * p["transformer"] + w * np.mean([p[m] for m in members], axis=0)
-            for scale, shrink in [(None, None), *CORRECTION_GRID]:
+            for scale, shrink in corrections:
                 maes = [corrected_mae(chosen, parts, frames, own, mix(w), scale, shrink) for w in WEIGHTS]
                 label = "no correction" if scale is None else f"{scale}, {shrink}"
                 print(f"{label:28s} " + " ".join(f"{m:.4f}" for m in maes))
