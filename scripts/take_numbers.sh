@@ -1,5 +1,6 @@
-# Sourced by run_task.sh and best_new.sh as `source scripts/take_numbers.sh FLAG "$@"`: sets `numbers` to the integers
-# that follow FLAG in the arguments (`--seeds 0 1 2`) and `rest` to the other arguments, in their order.
+# Sourced by run_task.sh, best_cls.sh and best_new.sh as `source scripts/take_numbers.sh FLAG "$@"`: sets `numbers`
+# to the integers that follow FLAG in the arguments (`--seeds 0 1 2`) and `rest` to the other arguments, in their
+# order.
 flag=$1; shift
 numbers=()
 rest=()
